@@ -1,0 +1,86 @@
+"""ScarNet: a pretrained ViT encoder (global context) fused into a U-Net (localisation)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..labels import NUM_CLASSES
+from .blocks import ConvBlock
+from .decoder import DecoderBlock
+from .encoders import build_encoder
+from .fusion import AdaptiveFusion
+
+
+@dataclass(frozen=True)
+class ScarNetConfig:
+    encoder: str = "litemedsam"
+    encoder_input_size: int | None = None      # None: the encoder's native size
+    encoder_checkpoint: str | None = None      # required for medsam-vit-b; litemedsam uses its bundled weights
+    base_channels: int = 16                    # U-Net widths: c, 2c, 4c, 8c, 16c at strides 1..16
+    fusion_strides: tuple[int, ...] = (4, 8, 16)
+    num_classes: int = NUM_CLASSES
+    grid_size: int = 256                       # slices enter the network at grid_size × grid_size
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["fusion_strides"] = list(self.fusion_strides)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScarNetConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "fusion_strides" in known:
+            known["fusion_strides"] = tuple(known["fusion_strides"])
+        return cls(**known)
+
+
+class ScarNet(nn.Module):
+    LEVELS = 5  # strides 1, 2, 4, 8, 16
+
+    def __init__(self, config: ScarNetConfig = ScarNetConfig(), pretrained_encoder: bool = True):
+        super().__init__()
+        if config.grid_size % 2 ** (self.LEVELS - 1):
+            raise ValueError(f"grid_size must be a multiple of {2 ** (self.LEVELS - 1)}")
+        self.config = config
+        self.encoder = build_encoder(config.encoder, config.encoder_input_size, config.encoder_checkpoint,
+                                     pretrained=pretrained_encoder)
+        widths = [config.base_channels * 2 ** i for i in range(self.LEVELS)]
+        self.down = nn.ModuleList([ConvBlock(1, widths[0])] +
+                                  [ConvBlock(widths[i - 1], widths[i]) for i in range(1, self.LEVELS)])
+        self.pool = nn.MaxPool2d(2)
+        self.fusion = nn.ModuleDict({
+            str(2 ** i): AdaptiveFusion(self.encoder.out_channels, widths[i])
+            for i in range(self.LEVELS) if 2 ** i in config.fusion_strides
+        })
+        self.up = nn.ModuleList([DecoderBlock(widths[i], widths[i - 1], widths[i - 1])
+                                 for i in range(self.LEVELS - 1, 0, -1)])
+        self.head = nn.Conv2d(widths[0], config.num_classes, 1)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Global-context features; cacheable when the encoder is frozen."""
+        return self.encoder(image)
+
+    def forward(self, image: torch.Tensor, encoder_features: torch.Tensor | None = None) -> torch.Tensor:
+        """image: [B, 1, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
+        if encoder_features is None:
+            encoder_features = self.encode(image)
+        encoder_features = encoder_features.to(image.dtype)
+        skips = []
+        x = image
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else self.pool(x))
+            fusion = self.fusion[str(2 ** level)] if str(2 ** level) in self.fusion else None
+            if fusion is not None:
+                x = fusion(x, encoder_features)
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = block(x, skip)
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> dict:
+    encoder = sum(p.numel() for p in model.encoder.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "encoder": encoder, "unet_fusion_decoder": total - encoder}

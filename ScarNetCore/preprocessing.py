@@ -1,0 +1,102 @@
+"""The one preprocessing used by training and inference (recorded in checkpoint metadata).
+
+A slice is (1) intensity-normalised with robust percentiles to [0, 1], (2) resampled in-plane to
+a fixed physical pixel size, and (3) centre-cropped/padded to the model grid. Working at a fixed
+mm/pixel (not "longest side to N px") keeps the heart the same size in pixels whatever the
+scanner's field of view, which is what lets the model carry over to other centres.
+Probabilities go back through the exact inverse, and labels are the argmax on the input grid.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    grid_size: int = 256
+    target_spacing_mm: float = 1.25          # 256 px × 1.25 mm = 320 mm field of view
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    # The EMIDEC PNG export stores no spacing; its pixels measure about 1.1–1.4 mm, so training treats
+    # them as this nominal size and covers the spread with scale augmentation.
+    png_nominal_spacing_mm: float = 1.25
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["percentiles"] = list(self.percentiles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "percentiles" in known:
+            known["percentiles"] = tuple(known["percentiles"])
+        return cls(**known)
+
+
+def normalize_intensity(slice2d: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
+    """Map the [p_low, p_high] intensity range of one slice to [0, 1], clipping outliers."""
+    x = np.asarray(slice2d, dtype=np.float32)
+    lo, hi = np.percentile(x, percentiles)
+    if hi <= lo:  # nearly constant slice (e.g. mostly padding): fall back to the full range
+        lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GridMapping:
+    """How slices of shape `native` map onto the model grid (and back)."""
+    native: tuple[int, int]
+    resized: tuple[int, int]
+    grid: int
+
+    @classmethod
+    def for_slice(cls, shape: tuple[int, int], spacing_mm: tuple[float, float], config: PreprocessConfig):
+        resized = tuple(max(1, int(round(n * s / config.target_spacing_mm))) for n, s in zip(shape, spacing_mm))
+        return cls(tuple(shape), resized, config.grid_size)
+
+    def _offsets(self):
+        # centre crop (negative pad) or centre pad, per axis
+        return [(self.grid - r) // 2 for r in self.resized]
+
+    def to_grid(self, slices: torch.Tensor) -> torch.Tensor:
+        """[N, C, *native] → [N, C, grid, grid]; padding is 0 (dark background)."""
+        x = slices
+        if tuple(x.shape[-2:]) != self.resized:
+            shrinking = self.resized[0] < x.shape[-2] or self.resized[1] < x.shape[-1]
+            x = F.interpolate(x, size=self.resized, mode="bilinear", align_corners=False, antialias=shrinking)
+        return _place(x, self._offsets(), self.grid)
+
+    def from_grid(self, probs: torch.Tensor) -> torch.Tensor:
+        """[N, K, grid, grid] class probabilities → [N, K, *native]; outside the grid is background."""
+        background = torch.zeros(probs.shape[1], dtype=probs.dtype, device=probs.device)
+        background[0] = 1
+        frame = background.view(1, -1, 1, 1).expand(probs.shape[0], -1, *self.resized).clone()
+        offsets = self._offsets()
+        # inverse of _place: copy the grid window back into the resized frame
+        src = [slice(max(0, o), max(0, o) + min(self.grid, r - max(0, -o))) for o, r in zip(offsets, self.resized)]
+        dst = [slice(max(0, -o), max(0, -o) + (s.stop - s.start)) for o, s in zip(offsets, src)]
+        frame[..., dst[0], dst[1]] = probs[..., src[0], src[1]]
+        if tuple(self.resized) != tuple(self.native):
+            frame = F.interpolate(frame, size=self.native, mode="bilinear", align_corners=False)
+        return frame
+
+
+def _place(x: torch.Tensor, offsets, grid: int) -> torch.Tensor:
+    out = torch.zeros(*x.shape[:-2], grid, grid, dtype=x.dtype, device=x.device)
+    src = [slice(max(0, -o), max(0, -o) + min(grid, n - max(0, -o))) for o, n in zip(offsets, x.shape[-2:])]
+    dst = [slice(max(0, o), max(0, o) + (s.stop - s.start)) for o, s in zip(offsets, src)]
+    out[..., dst[0], dst[1]] = x[..., src[0], src[1]]
+    return out
+
+
+def prepare_slices(slices: np.ndarray, spacing_mm: tuple[float, float], config: PreprocessConfig):
+    """[N, h, w] raw slices → ([N, 1, grid, grid] float32 tensor, GridMapping)."""
+    normalised = np.stack([normalize_intensity(s, config.percentiles) for s in slices])
+    mapping = GridMapping.for_slice(slices.shape[-2:], spacing_mm, config)
+    return mapping.to_grid(torch.from_numpy(normalised)[:, None]), mapping

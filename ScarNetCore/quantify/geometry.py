@@ -1,0 +1,131 @@
+"""Where voxels are in the patient: slice axis, physical in-plane coordinates, voxel volume.
+
+Arrays are handled in "stack" layout [slice, a, b], where `slice` is the acquisition
+(through-plane) index axis and a < b are the two in-plane index axes, so per-slice loops and
+long-axis logic never depend on how the file happened to order its axes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+# LPS unit vectors of the directions that matter anatomically.
+PATIENT_RIGHT = np.array([-1.0, 0.0, 0.0])
+PATIENT_ANTERIOR = np.array([0.0, -1.0, 0.0])
+# The LV long axis points from base to apex roughly towards left, anterior and inferior.
+TYPICAL_APEX_DIRECTION = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
+
+
+@dataclass(frozen=True)
+class StackGeometry:
+    size: tuple[int, int, int]          # SimpleITK index order (i, j, k)
+    spacing: np.ndarray                 # mm, index order
+    origin: np.ndarray                  # LPS mm
+    direction: np.ndarray               # 3x3, column d = physical direction of index axis d
+    slice_axis: int                     # index axis of the acquisition (through-plane) direction
+    inplane_axes: tuple[int, int]
+
+    @classmethod
+    def from_image(cls, image: sitk.Image, slice_axis: int | None = None) -> "StackGeometry":
+        spacing = np.asarray(image.GetSpacing(), float)
+        if slice_axis is None:
+            slice_axis = choose_slice_axis(spacing)
+        inplane = tuple(d for d in range(3) if d != slice_axis)
+        return cls(size=tuple(image.GetSize()), spacing=spacing, origin=np.asarray(image.GetOrigin(), float),
+                   direction=np.asarray(image.GetDirection(), float).reshape(3, 3),
+                   slice_axis=slice_axis, inplane_axes=inplane)  # type: ignore[arg-type]
+
+    # ---- array layout -------------------------------------------------------------------
+    @property
+    def _perm(self) -> tuple[int, int, int]:
+        # a SimpleITK array is [k, j, i]: numpy axis of index axis d is 2 - d
+        return (2 - self.slice_axis, 2 - self.inplane_axes[0], 2 - self.inplane_axes[1])
+
+    def to_stack(self, array_zyx: np.ndarray) -> np.ndarray:
+        return np.transpose(array_zyx, self._perm)
+
+    def from_stack(self, stack: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.transpose(stack, np.argsort(self._perm)))
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.size[self.slice_axis])
+
+    @property
+    def inplane_shape(self) -> tuple[int, int]:
+        return int(self.size[self.inplane_axes[0]]), int(self.size[self.inplane_axes[1]])
+
+    # ---- physical quantities ------------------------------------------------------------
+    @property
+    def voxel_volume_mm3(self) -> float:
+        # |det| is 1 for the orthonormal matrices real scanners write; kept for sheared headers
+        return float(np.prod(self.spacing) * abs(np.linalg.det(self.direction)))
+
+    @property
+    def step_a(self) -> np.ndarray:
+        """Physical displacement (mm) of one step along in-plane index axis a."""
+        return self.direction[:, self.inplane_axes[0]] * self.spacing[self.inplane_axes[0]]
+
+    @property
+    def step_b(self) -> np.ndarray:
+        return self.direction[:, self.inplane_axes[1]] * self.spacing[self.inplane_axes[1]]
+
+    @property
+    def step_slice(self) -> np.ndarray:
+        return self.direction[:, self.slice_axis] * self.spacing[self.slice_axis]
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit normal of the slice planes, pointing towards increasing slice index."""
+        n = np.cross(self.step_a, self.step_b)
+        n /= np.linalg.norm(n)
+        return n if float(n @ self.step_slice) >= 0 else -n
+
+    @property
+    def slice_thickness_mm(self) -> float:
+        return float(abs(self.step_slice @ self.normal))
+
+    def physical(self, t, a, b) -> np.ndarray:
+        """LPS point(s) of stack index (t, a, b); accepts scalars or broadcastable arrays."""
+        t, a, b = (np.asarray(v, float)[..., None] for v in (t, a, b))
+        return self.origin + t * self.step_slice + a * self.step_a + b * self.step_b
+
+    def continuous_stack_index(self, point) -> np.ndarray:
+        """Inverse of `physical`: (t, a, b) of an LPS point."""
+        matrix = np.column_stack([self.step_slice, self.step_a, self.step_b])
+        return np.linalg.solve(matrix, np.asarray(point, float) - self.origin)
+
+    def slice_centre(self, t: int) -> np.ndarray:
+        """LPS point at the centre of slice t's grid."""
+        na, nb = self.inplane_shape
+        return self.physical(t, (na - 1) / 2.0, (nb - 1) / 2.0)
+
+    def slice_position(self, t: int) -> float:
+        """Signed distance (mm) of slice t along the slice normal: one number per slice for tables/plots."""
+        return float(self.slice_centre(t) @ self.normal)
+
+    def inplane_basis(self, apex_direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Orthonormal (u, v) in the slice plane with u × v = apex_direction.
+
+        Angles atan2(y·v, x·u) then increase counter-clockwise as seen from the apex looking
+        towards the base, the direction in which AHA segments 1→2→…→6 are numbered.
+        """
+        u = self.step_a - (self.step_a @ apex_direction) * apex_direction
+        u /= np.linalg.norm(u)
+        v = np.cross(apex_direction, u)
+        return u, v
+
+    def inplane_matrix(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """2x2 matrix taking in-plane index offsets (Δa, Δb) to physical in-plane mm (x along u, y along v)."""
+        return np.array([[self.step_a @ u, self.step_b @ u],
+                         [self.step_a @ v, self.step_b @ v]])
+
+
+def choose_slice_axis(spacing: np.ndarray) -> int:
+    """The index axis with the largest spacing; ties go to the highest axis (k in a usual stack)."""
+    spacing = np.asarray(spacing, float)
+    largest = spacing.max()
+    candidates = [d for d in range(3) if spacing[d] >= largest * (1 - 1e-6)]
+    return candidates[-1]

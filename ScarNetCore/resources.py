@@ -1,0 +1,31 @@
+"""Where the bundled model, its checksum and the sample volume live.
+
+Source checkout and editable install: `<repo>/Resources`. An installed Slicer extension places
+`Resources/` beside the ScarNetCore package the same way; SCARNET_RESOURCES overrides both.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "scarnet_litemedsam_emidec.safetensors"
+SAMPLE_VOLUME_NAME = "EMIDEC_samplePositive_LGE.nii.gz"
+
+
+def resources_dir() -> Path:
+    override = os.environ.get("SCARNET_RESOURCES")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "Resources"
+
+
+def default_model_path() -> Path:
+    return resources_dir() / "Models" / DEFAULT_MODEL_NAME
+
+
+def default_model_sha256() -> str | None:
+    """The bundled model's published checksum (`sha256sum` format file beside it), if present."""
+    path = default_model_path().with_suffix(".sha256")
+    return path.read_text().split()[0] if path.is_file() else None
+
+
+def sample_volume_path() -> Path:
+    return resources_dir() / "Sample" / SAMPLE_VOLUME_NAME

@@ -1,0 +1,427 @@
+"""ScarNet: myocardial scar segmentation and quantification on LGE cardiac MRI, in 3D Slicer.
+
+The widget is thin: it binds ScarNet.ui to a parameter node and forwards clicks to ScarNetLogic
+(ScarNetLib/), which does all scene work and runs ScarNetCore in a background process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def _makeScarNetCoreImportable() -> None:
+    """Installed extension: ScarNetCore sits next to this file; source checkout: one level up."""
+    here = Path(__file__).resolve().parent
+    for folder in (here, here.parent):
+        if (folder / "ScarNetCore" / "__init__.py").is_file():
+            if str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+            return
+
+
+_makeScarNetCoreImportable()
+
+import qt  # noqa: E402
+import vtk  # noqa: E402
+
+import slicer  # noqa: E402
+from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,  # noqa: E402
+                    vtkMRMLTableNode)
+from slicer.parameterNodeWrapper import parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,  # noqa: E402
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin  # noqa: E402
+
+from ScarNetLib import Dependencies, ScarNetLogic, ScarNetSettings, SubprocessRunner  # noqa: E402
+from ScarNetLib.Logic import EDITED, FOREIGN  # noqa: E402
+from ScarNetLib.Segments import loadTerminology  # noqa: E402
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer < 5.4
+    def _(text):
+        return text
+
+SAMPLE_NAME = "EMIDEC LGE (positive)"
+
+
+# --------------------------------------------------------------------------------------- module
+class ScarNet(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("ScarNet")
+        self.parent.categories = [_("Cardiac")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ScarNet developers"]
+        self.parent.helpText = _(
+            "Segment the LV blood pool, healthy myocardium, scar and microvascular obstruction (MVO) on a "
+            "late gadolinium enhancement (LGE) short-axis stack, correct the result in Segment Editor, and "
+            "quantify scar volume, mass and % of LV myocardium. Research use only; not a medical device.")
+        self.parent.acknowledgementText = _(
+            "Sample data: EMIDEC challenge (CC BY-NC-SA 4.0). The bundled model's licence is shown in the "
+            "module panel.")
+        slicer.app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted():
+    registerSampleData()
+    try:
+        loadTerminology(slicer.modules.terminologies.logic())
+    except Exception as exc:  # the segments still carry their codes; only the picker lacks them
+        logging.warning(f"ScarNet: could not register terminology: {exc}")
+
+
+def registerSampleData():
+    """The bundled EMIDEC LGE volume, offered in Sample Data under 'ScarNet' (no download)."""
+    import SampleData
+    from ScarNetCore.resources import sample_volume_path
+
+    path = sample_volume_path()
+    if not path.is_file():
+        logging.warning(f"ScarNet: sample volume missing at {path}")
+        return
+    iconsPath = Path(__file__).resolve().parent / "Resources" / "Icons"
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="ScarNet",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=str(iconsPath / "ScarNet.png"),
+        uris=path.as_uri(),
+        fileNames=path.name,
+        nodeNames="EMIDEC_LGE",
+        loadFileType="VolumeFile",
+    )
+
+
+# ----------------------------------------------------------------------------- parameter node
+@parameterNodeWrapper
+class ScarNetParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode  # None: create a new segmentation (never overwrite)
+    settings: ScarNetSettings
+    segmentationToQuantify: vtkMRMLSegmentationNode
+    insertionPoint: vtkMRMLMarkupsFiducialNode  # anterior RV insertion point; None: estimated
+    resultTable: vtkMRMLTableNode
+    perSliceTable: vtkMRMLTableNode
+    perSegmentTable: vtkMRMLTableNode
+
+
+# ------------------------------------------------------------------------------------- widget
+class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    POLL_INTERVAL_MS = 200
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[ScarNetLogic] = None
+        self._parameterNode: Optional[ScarNetParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self.job = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ScarNet.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = ScarNetLogic(runnerFactory=lambda: SubprocessRunner())
+        self.logic.progressInfo.connect(self.onProgress)
+        self.logic.inferenceFinished.connect(self.onInferenceFinished)
+        self.logic.errorOccurred.connect(self.onInferenceError)
+        self.logic.inferenceCancelled.connect(self.onInferenceCancelled)
+
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(self.POLL_INTERVAL_MS)
+        self.pollTimer.timeout.connect(self.onPollJob)
+
+        self.ui.segmentButton.clicked.connect(self.onSegment)
+        self.ui.cancelButton.clicked.connect(self.onCancel)
+        self.ui.editButton.clicked.connect(self.onOpenSegmentEditor)
+        self.ui.updateQuantificationButton.clicked.connect(self.onUpdateQuantification)
+        self.ui.exportTableButton.clicked.connect(self.onExportTable)
+        self.ui.refreshDevicesButton.clicked.connect(self.updateDevicesLabel)
+        self.ui.progressBar.setVisible(False)
+        self.ui.cancelButton.setVisible(False)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.updateModelInfo()
+
+    def cleanup(self):
+        self.cancelJob()
+        self.removeObservers()
+        self.disconnectGui()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.disconnectGui()
+
+    def onSceneStartClose(self, caller, event):
+        self.cancelJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # parameter node ------------------------------------------------------------------------
+    def initializeParameterNode(self):
+        self.setParameterNode(scarNetParameterNode())
+        if not self._parameterNode.inputVolume:
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            greyscale = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+            if greyscale:
+                self._parameterNode.inputVolume = greyscale[0]
+
+    def setParameterNode(self, parameterNode: Optional[ScarNetParameterNode]):
+        self.disconnectGui()
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.updateButtons()
+
+    def disconnectGui(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def updateButtons(self, caller=None, event=None):
+        p = self._parameterNode
+        running = self.job is not None
+        self.ui.segmentButton.enabled = bool(p and p.inputVolume) and not running
+        self.ui.segmentButton.toolTip = _("Segment the input volume") if p and p.inputVolume \
+            else _("Select an input LGE volume")
+        self.ui.cancelButton.setVisible(running)
+        self.ui.progressBar.setVisible(running)
+        self.ui.modelPathLineEdit.enabled = bool(p) and not p.settings.useBundledModel
+        hasSegmentation = bool(p and p.segmentationToQuantify and p.inputVolume)
+        self.ui.updateQuantificationButton.enabled = hasSegmentation and not running
+        self.ui.editButton.enabled = hasSegmentation and not running
+        self.ui.exportTableButton.enabled = bool(p and p.resultTable)
+
+    # dependencies --------------------------------------------------------------------------
+    def ensureDependencies(self) -> bool:
+        """List what is missing, install only with the user's consent; never at import time."""
+        missing = Dependencies.missingPackages()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("ScarNet needs these Python packages, which are not installed:") + "\n"
+                + Dependencies.describe(missing) + "\n\n" + _("Install them now? This may take several minutes.")):
+            return False
+        torchWasLoaded = "torch" in sys.modules
+        with slicer.util.WaitCursor():
+            try:
+                if {"torch", "torchvision"} & set(missing):
+                    try:
+                        import PyTorchUtils
+                    except ImportError:
+                        slicer.util.errorDisplay(_("Install the 'PyTorch' extension from the Extensions Manager, "
+                                                   "restart Slicer and try again."))
+                        return False
+                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                        slicer.util.errorDisplay(_("PyTorch could not be installed; see the Python console."))
+                        return False
+                others = [r for m, r in missing.items() if m not in ("torch", "torchvision")]
+                if others:
+                    slicer.util.pip_install(others)
+            except Exception as exc:
+                slicer.util.errorDisplay(_("Installing packages failed: ") + str(exc))
+                return False
+        if torchWasLoaded or Dependencies.missingPackages():
+            slicer.util.infoDisplay(_("Packages installed. Please restart Slicer before segmenting."))
+            return False
+        return True
+
+    def updateDevicesLabel(self):
+        if Dependencies.missingPackages({"torch": "torch"}):
+            self.ui.devicesLabel.text = _("Found: (PyTorch not installed yet)")
+            return
+        try:
+            from ScarNetCore.inference import available_devices
+            self.ui.devicesLabel.text = _("Found: ") + ", ".join(available_devices())
+        except Exception as exc:
+            self.ui.devicesLabel.text = _("Device check failed: ") + str(exc)
+
+    def updateModelInfo(self):
+        """Info line: model name and licence (from the checkpoint metadata, once known)."""
+        info = self.logic.lastModelInfo
+        if not info:
+            try:
+                from ScarNetCore.resources import default_model_path
+                path = default_model_path()
+                self.ui.modelInfoLabel.text = (_("Bundled model: ") + path.name) if path.is_file() \
+                    else _("No bundled model found: choose a checkpoint file.")
+            except Exception:
+                self.ui.modelInfoLabel.text = ""
+            return
+        text = f"{info.get('name', '?')} {info.get('version', '')} — " + _("licence: ") + str(info.get("licence", "?"))
+        if self.logic.lastDevice:
+            text += f" — {self.logic.lastDevice}"
+        self.ui.modelInfoLabel.text = text
+
+    # segmenting ----------------------------------------------------------------------------
+    def onSegment(self):
+        if self.job is not None or not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        overwrite = False
+        state = self.logic.outputState(p.outputSegmentation)
+        if state in (EDITED, FOREIGN):
+            question = (_("'{name}' was edited after ScarNet created it.") if state == EDITED
+                        else _("'{name}' holds segments ScarNet did not make.")).format(name=p.outputSegmentation.GetName())
+            if not slicer.util.confirmYesNoDisplay(question + "\n" + _("Replace its content with a new result?")):
+                return
+            overwrite = True
+        try:
+            self.job = self.logic.startProcessing(p.inputVolume, p.outputSegmentation, p.settings, overwrite=overwrite)
+        except Exception as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self.ui.progressBar.setRange(0, 0)  # busy until the first slices are done
+        self.ui.statusLabel.text = _("Loading model and segmenting…")
+        self.updateButtons()
+        self.pollTimer.start()
+
+    def onPollJob(self):
+        if self.job is not None and not self.job.poll():
+            self.pollTimer.stop()
+            self.job = None
+            self.updateButtons()
+
+    def onProgress(self, done: int, total: int):
+        if total > 0:
+            self.ui.progressBar.setRange(0, total)
+            self.ui.progressBar.setValue(done)
+            self.ui.statusLabel.text = _("Segmenting: {done} of {total} slices").format(done=done, total=total)
+
+    def cancelJob(self):
+        if self.job is not None:
+            self.job.cancel()
+            self.job.wait(timeout=SubprocessRunner.CANCEL_GRACE_SECONDS + 5)
+            self.pollTimer.stop()
+            self.job = None
+
+    def onCancel(self):
+        if self.job is not None:
+            self.ui.statusLabel.text = _("Cancelling…")
+            self.job.cancel()
+
+    def onInferenceFinished(self, segmentationNode):
+        p = self._parameterNode
+        self.ui.statusLabel.text = _("Done: '{name}'. Correct it in Segment Editor if needed, then update the "
+                                     "quantification.").format(name=segmentationNode.GetName())
+        slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=True)
+        p.segmentationToQuantify = segmentationNode
+        self.updateModelInfo()
+        self.onUpdateQuantification()
+
+    def onInferenceError(self, message: str):
+        self.ui.statusLabel.text = _("Failed.")
+        slicer.util.errorDisplay(_("ScarNet segmentation failed:") + "\n" + message)
+
+    def onInferenceCancelled(self):
+        self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
+
+    def onOpenSegmentEditor(self):
+        p = self._parameterNode
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(p.segmentationToQuantify)
+        (editor.setSourceVolumeNode if hasattr(editor, "setSourceVolumeNode") else editor.setMasterVolumeNode)(p.inputVolume)
+
+    # quantification ------------------------------------------------------------------------
+    def onUpdateQuantification(self):
+        p = self._parameterNode
+        insertion = None
+        if p.insertionPoint and p.insertionPoint.GetNumberOfControlPoints() > 0:
+            insertion = [0.0, 0.0, 0.0]
+            p.insertionPoint.GetNthControlPointPositionWorld(0, insertion)
+        try:
+            with slicer.util.WaitCursor():
+                table = self.logic.quantify(p.segmentationToQuantify, p.inputVolume, p.resultTable, p.perSliceTable,
+                                            p.perSegmentTable, densityGPerMl=p.settings.densityGPerMl,
+                                            insertionPointRas=insertion)
+        except Exception as exc:
+            slicer.util.errorDisplay(_("Quantification failed:") + "\n" + str(exc))
+            return
+        p.resultTable, p.perSliceTable, p.perSegmentTable = self.logic.lastTables
+        self.ui.resultTableView.setMRMLTableNode(table)
+        warnings = getattr(self.logic.lastQuantification, "warnings", None) or []
+        self.ui.quantificationNotesLabel.text = "\n".join(warnings)
+
+    def onExportTable(self):
+        p = self._parameterNode
+        default = os.path.join(qt.QDir.homePath(), f"{p.resultTable.GetName()}.csv")
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export table"), default, "CSV (*.csv)")
+        if not path:
+            return
+        try:
+            written = [self.logic.exportTable(p.resultTable, path)]
+            stem = Path(path).with_suffix("")
+            for suffix, table in (("_per_slice", p.perSliceTable), ("_aha_segments", p.perSegmentTable)):
+                if table:
+                    written.append(self.logic.exportTable(table, f"{stem}{suffix}.csv"))
+            if self.logic.lastQuantification is not None:
+                reports = self.logic.writeReports(Path(path).parent, stem.name)
+                written += list(reports.values()) if isinstance(reports, dict) else list(reports)
+        except Exception as exc:
+            slicer.util.errorDisplay(_("Export failed:") + "\n" + str(exc))
+            return
+        slicer.util.infoDisplay(_("Written:") + "\n" + "\n".join(str(w) for w in written))
+
+
+# --------------------------------------------------------------------------------------- logic
+# The logic is ScarNetLib.ScarNetLogic (imported above; usable without this widget):
+#     segmentationNode = ScarNetLogic().process(volumeNode)
+#     tableNode = ScarNetLogic().quantify(segmentationNode, volumeNode)
+def scarNetParameterNode() -> ScarNetParameterNode:
+    """The module's singleton parameter node in the current scene."""
+    moduleLogic = ScriptedLoadableModuleLogic()
+    moduleLogic.moduleName = "ScarNet"
+    return ScarNetParameterNode(moduleLogic.getParameterNode())
+
+
+# ---------------------------------------------------------------------------------------- test
+class ScarNetTest(ScriptedLoadableModuleTest):
+    """Self-test: bundled sample from Sample Data -> segments -> table values."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SampleEndToEnd()
+
+    def test_SampleEndToEnd(self):
+        import SampleData
+        from ScarNetCore.resources import default_model_path
+
+        registerSampleData()
+        self.delayDisplay("Loading the ScarNet sample")
+        volume = SampleData.downloadSample(SAMPLE_NAME)
+        self.assertIsNotNone(volume)
+        if not default_model_path().is_file() or Dependencies.missingPackages():
+            self.delayDisplay("No bundled model or missing packages: segmentation part skipped")
+            return
+        logic = ScarNetLogic()
+        self.delayDisplay("Segmenting")
+        segmentationNode = logic.process(volume)
+        self.assertEqual(logic.segmentNames(segmentationNode), ["LV blood pool", "Healthy myocardium", "Scar", "MVO"])
+        table = logic.quantify(segmentationNode, volume)
+        metrics = logic.metricsFromTable(table)
+        self.assertGreater(metrics["myocardium_ml"], 0.0)
+        self.assertGreaterEqual(metrics["scar_ml"], 0.0)
+        self.assertAlmostEqual(metrics["myocardium_g"], 1.05 * metrics["myocardium_ml"], places=4)
+        # a re-run creates a new node and leaves the first one alone
+        second = logic.process(volume)
+        self.assertNotEqual(second.GetID(), segmentationNode.GetID())
+        self.delayDisplay("ScarNet self-test passed")

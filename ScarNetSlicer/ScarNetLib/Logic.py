@@ -1,0 +1,385 @@
+"""ScarNetLogic: segment an LGE volume into a segmentation node, quantify it, export tables.
+
+Works on MRML nodes and the scene they belong to (``node.GetScene()``), never on widgets, so it
+runs headless (slicer-core) exactly as in Slicer. Every check that can fail runs before anything
+is added to the scene, and results are written only when a run has finished - a failed or
+cancelled run leaves the scene as it was.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+import slicer
+from ScarNetCore.errors import InputError
+
+from . import Parameter
+from .Conversion import ScarNetSceneError, rasToLps, sitkImageFromVolumeNode, volumeNodeGeometryMatches
+from .Parameter import ScarNetSettings
+from .Runner import CANCELLED, FAILED, FINISHED, InProcessRunner, RunState, ThreadRunner
+from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, SEGMENT_DEFINITIONS,
+                       labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
+from .Signal import Signal
+
+# Output states (see outputState)
+NEW, EMPTY, UNCHANGED, EDITED, FOREIGN = "new", "empty", "unchanged", "edited", "foreign"
+
+SEGMENTATION_REFERENCE_ROLE = "ScarNet.Segmentation"  # table -> segmentation it was computed from
+
+_UNITS = (("_percent", "%"), ("_ml", "mL"), ("_g", "g"), ("_mm", "mm"))
+_PRETTY = {
+    "myocardium_ml": "LV myocardium volume", "myocardium_g": "LV myocardium mass",
+    "scar_ml": "Scar volume", "scar_g": "Scar mass", "scar_percent_lv": "Scar, % of LV myocardium",
+    "mvo_ml": "MVO volume", "mvo_g": "MVO mass", "mvo_percent_lv": "MVO, % of LV myocardium",
+    "blood_pool_ml": "LV blood pool volume",
+}
+
+
+def _unit(key: str) -> str:
+    return next((unit for suffix, unit in _UNITS if key.endswith(suffix)), "")
+
+
+class ScarNetLogic:
+    """Usable without the widget. Signals: progressInfo(done, total), inferenceFinished(segNode),
+    errorOccurred(message), inferenceCancelled()."""
+
+    def __init__(self, segmenterFactory=None, runnerFactory: Optional[Callable[[], object]] = None):
+        self.segmenterFactory = segmenterFactory  # None -> ScarNetCore.inference.Segmenter
+        self.runnerFactory = runnerFactory or (lambda: ThreadRunner(self.segmenterFactory))
+        self.progressInfo = Signal("done:int, total:int")
+        self.inferenceFinished = Signal("segmentationNode")
+        self.errorOccurred = Signal("message:str")
+        self.inferenceCancelled = Signal()
+        self.lastQuantification = None
+        self.lastModelInfo: dict = {}
+        self.lastDevice = ""
+
+    # ----------------------------------------------------------------------------------- checks
+    @staticmethod
+    def outputState(segmentationNode) -> str:
+        """What writing into this node would destroy: nothing (new/empty/unchanged) or user work."""
+        if segmentationNode is None:
+            return NEW
+        if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+            return EMPTY
+        written = segmentationNode.GetAttribute(CONTENT_HASH_ATTRIBUTE)
+        if not written:
+            return FOREIGN  # segments ScarNet did not make (drawn by hand, another tool)
+        inputId = segmentationNode.GetAttribute(INPUT_VOLUME_ATTRIBUTE)
+        scene = segmentationNode.GetScene()
+        volume = scene.GetNodeByID(inputId) if (scene is not None and inputId) else None
+        if volume is None or volume.GetImageData() is None:
+            return EDITED  # cannot prove it is unchanged, so treat it as user work
+        try:
+            current = labelsFingerprint(labelArrayFromSegmentation(segmentationNode, volume))
+        except RuntimeError:
+            return EDITED
+        return UNCHANGED if current == written else EDITED
+
+    def checkOutputWritable(self, segmentationNode, overwrite: bool) -> None:
+        state = self.outputState(segmentationNode)
+        if state in (EDITED, FOREIGN) and not overwrite:
+            what = "was edited after ScarNet wrote it" if state == EDITED else "holds segments ScarNet did not make"
+            raise ScarNetSceneError(
+                f"Segmentation '{segmentationNode.GetName()}' {what}; ScarNet will not overwrite it. "
+                "Choose 'Create new segmentation' as output, or allow overwriting explicitly.")
+
+    def prepareInput(self, inputVolumeNode, outputSegmentationNode=None, settings: Optional[ScarNetSettings] = None,
+                     overwrite: Optional[bool] = None) -> tuple[sitk.Image, Optional[str], ScarNetSettings, bool]:
+        """All checks that need no model; raises InputError/ScarNetSceneError/ValueError."""
+        settings = settings if settings is not None else ScarNetSettings()
+        Parameter.validate(settings)
+        modelPath = Parameter.modelPathOrNone(settings)
+        overwrite = settings.overwriteEdited if overwrite is None else bool(overwrite)
+        image = sitkImageFromVolumeNode(inputVolumeNode)
+        from ScarNetCore.io import validate_image
+        validate_image(image, f"Input volume '{inputVolumeNode.GetName()}'")
+        if image.GetDimension() != 3:
+            raise InputError(f"Input volume '{inputVolumeNode.GetName()}' is not 3-D.")
+        if outputSegmentationNode is not None and outputSegmentationNode.GetScene() is not inputVolumeNode.GetScene():
+            raise ScarNetSceneError("The output segmentation is not in the input volume's scene.")
+        self.checkOutputWritable(outputSegmentationNode, overwrite)
+        return image, modelPath, settings, overwrite
+
+    # ------------------------------------------------------------------------------ segmenting
+    def process(self, inputVolumeNode, outputSegmentationNode=None, settings: Optional[ScarNetSettings] = None,
+                overwrite: Optional[bool] = None, progress=None, runner=None):
+        """Segment synchronously and return the segmentation node (new unless one is given).
+
+        Headless contract: refuses (ScarNetSceneError) to write into a segmentation the user edited
+        unless overwrite=True; on any error nothing is added to or changed in the scene.
+        """
+        image, modelPath, settings, overwrite = self.prepareInput(
+            inputVolumeNode, outputSegmentationNode, settings, overwrite)
+        runner = runner or InProcessRunner(self.segmenterFactory, progress=progress)
+        runner.start(image, modelPath, settings.device, settings.batchSize)
+        state = runner.wait()
+        self._raiseIfUnsuccessful(state)
+        return self.applyLabels(inputVolumeNode, state.labels, outputSegmentationNode, overwrite=overwrite,
+                                modelInfo=state.modelInfo, device=state.device)
+
+    def startProcessing(self, inputVolumeNode, outputSegmentationNode=None,
+                        settings: Optional[ScarNetSettings] = None, overwrite: Optional[bool] = None,
+                        runner=None) -> "SegmentationJob":
+        """Start a background run; the caller (a QTimer in the GUI) calls job.poll() until it returns False."""
+        image, modelPath, settings, overwrite = self.prepareInput(
+            inputVolumeNode, outputSegmentationNode, settings, overwrite)
+        job = SegmentationJob(self, runner or self.runnerFactory(), inputVolumeNode, outputSegmentationNode, overwrite)
+        job.start(image, modelPath, settings)
+        return job
+
+    @staticmethod
+    def _raiseIfUnsuccessful(state: RunState) -> None:
+        if state.status == FINISHED:
+            return
+        from ScarNetCore import errors
+        if state.status == CANCELLED:
+            raise errors.Cancelled(state.message or "Cancelled")
+        errorClass = getattr(errors, state.errorType, None)
+        if isinstance(errorClass, type) and issubclass(errorClass, errors.ScarNetError):
+            raise errorClass(state.message)
+        raise RuntimeError(f"{state.errorType}: {state.message}" if state.errorType else state.message)
+
+    def applyLabels(self, inputVolumeNode, labels: sitk.Image, outputSegmentationNode=None, overwrite: bool = False,
+                    modelInfo: Optional[dict] = None, device: str = ""):
+        """Write a label image (ScarNet convention, on the input's grid) into a segmentation node."""
+        scene = inputVolumeNode.GetScene()
+        if scene is None:
+            raise ScarNetSceneError("The input volume is no longer in the scene; the result was not applied.")
+        if not volumeNodeGeometryMatches(inputVolumeNode, labels):
+            raise ScarNetSceneError("The segmentation result does not lie on the input volume's voxel grid; "
+                                    "it was not applied (this is a bug - please report it).")
+        self.checkOutputWritable(outputSegmentationNode, overwrite)
+        labelArray = sitk.GetArrayFromImage(labels).astype(np.uint8)
+        created = outputSegmentationNode is None
+        node = outputSegmentationNode
+        try:
+            if created:
+                node = scene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} ScarNet"))
+            if node.GetDisplayNode() is None:
+                node.CreateDefaultDisplayNodes()
+            writeLabelsToSegmentation(node, labelArray, inputVolumeNode)
+            node.SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
+            node.SetAttribute(CONTENT_HASH_ATTRIBUTE, labelsFingerprint(labelArrayFromSegmentation(node, inputVolumeNode)))
+            node.SetAttribute(INPUT_VOLUME_ATTRIBUTE, inputVolumeNode.GetID())
+            node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(modelInfo or {}, sort_keys=True, default=str))
+            self.placeNextTo(node, inputVolumeNode)
+        except Exception:
+            if created and node is not None:
+                scene.RemoveNode(node)
+            raise
+        self.lastModelInfo, self.lastDevice = dict(modelInfo or {}), device
+        return node
+
+    # --------------------------------------------------------------------------- quantifying
+    def quantify(self, segmentationNode, inputVolumeNode, tableNode=None, perSliceTableNode=None,
+                 perSegmentTableNode=None, densityGPerMl: float = 1.05, insertionPointRas=None):
+        """Quantify the segmentation as it is now (manual edits included); returns the summary table node.
+
+        Per-slice and per-segment (AHA) tables are filled when given, and created when None
+        (``self.lastTables`` holds all three).
+        """
+        if segmentationNode is None or segmentationNode.GetScene() is None:
+            raise InputError("Select the segmentation to quantify.")
+        image = sitkImageFromVolumeNode(inputVolumeNode)
+        labels = sitk.GetImageFromArray(labelArrayFromSegmentation(segmentationNode, inputVolumeNode))
+        labels.CopyInformation(image)
+        from ScarNetCore.quantify import quantify
+        insertion = rasToLps(insertionPointRas) if insertionPointRas is not None else None
+        result = quantify(labels, image, density_g_per_ml=float(densityGPerMl), insertion_point=insertion)
+        self.lastQuantification = result
+        scene = segmentationNode.GetScene()
+        base = segmentationNode.GetName()
+        rows = self.summaryRows(result.global_metrics)
+        tableNode = self._fillTable(scene, tableNode, f"{base} quantification", rows, segmentationNode, inputVolumeNode)
+        perSlice = self._fillTable(scene, perSliceTableNode, f"{base} per slice",
+                                   list(getattr(result, "per_slice", None) or []), segmentationNode, inputVolumeNode)
+        perSegment = self._fillTable(scene, perSegmentTableNode, f"{base} AHA segments",
+                                     list(getattr(result, "per_segment", None) or []), segmentationNode, inputVolumeNode)
+        self.lastTables = (tableNode, perSlice, perSegment)
+        return tableNode
+
+    def _fillTable(self, scene, tableNode, name, rows: list, segmentationNode, referenceNode):
+        import vtk
+        if tableNode is None:
+            tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+            self.placeNextTo(tableNode, referenceNode)
+        wasModifying = tableNode.StartModify()
+        table = tableNode.GetTable()
+        table.Initialize()  # also drops old columns: re-quantifying replaces, never appends
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        for column in columns:
+            values = [row.get(column) for row in rows]
+            numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                          for v in values if v is not None)
+            array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+            array.SetName(column)
+            for value in values:
+                if numeric:
+                    array.InsertNextValue(float("nan") if value is None else float(value))
+                else:
+                    array.InsertNextValue("" if value is None else str(value))
+            table.AddColumn(array)
+            if numeric and column != "Value":
+                unit = _unit(column)
+                if unit:
+                    tableNode.SetColumnUnitLabel(column, unit)
+        if hasattr(tableNode, "SetUseColumnTitleAsColumnHeader"):
+            tableNode.SetUseColumnTitleAsColumnHeader(True)
+        else:  # Slicer < 5.x
+            tableNode.SetUseColumnNameAsColumnHeader(True)
+        tableNode.SetNodeReferenceID(SEGMENTATION_REFERENCE_ROLE, segmentationNode.GetID())
+        table.Modified()
+        tableNode.Modified()
+        tableNode.EndModify(wasModifying)
+        return tableNode
+
+    @staticmethod
+    def summaryRows(metrics: dict) -> list[dict]:
+        """One row per metric; clinical ones first. Numbers in Value, words/flags in Note."""
+        ordered = [k for k in _PRETTY if k in metrics] + [k for k in metrics if k not in _PRETTY]
+        rows = []
+        for key in ordered:
+            value = metrics[key]
+            numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            rows.append({"Measurement": _PRETTY.get(key, key.replace("_", " ")),
+                         "Value": float(value) if numeric else float("nan"),
+                         "Unit": _unit(key) or ("mm (LPS)" if key.startswith("insertion_point_") else ""),
+                         "Note": "" if numeric or value is None else str(value), "Key": key})
+        return rows
+
+    @staticmethod
+    def tableRows(tableNode) -> list[dict]:
+        table = tableNode.GetTable()
+        names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
+        rows = []
+        for r in range(table.GetNumberOfRows()):
+            row = {}
+            for c, name in enumerate(names):
+                value = table.GetValue(r, c)
+                row[name] = value.ToDouble() if value.IsNumeric() else value.ToString()
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def metricsFromTable(tableNode) -> dict:
+        """Key -> value of a summary table made by quantify()."""
+        return {row["Key"]: row["Note"] if row["Note"] else row["Value"] for row in ScarNetLogic.tableRows(tableNode)}
+
+    def exportTable(self, tableNode, path) -> Path:
+        """Write a table node as CSV (UTF-8, header row), readable by any spreadsheet."""
+        path = Path(path)
+        rows = self.tableRows(tableNode)
+        table = tableNode.GetTable()
+        names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=names)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+        return path
+
+    def writeReports(self, outputDirectory, name: str) -> list:
+        """ScarNetCore's full report (CSVs + bull's-eye PNG) for the last quantification."""
+        if self.lastQuantification is None:
+            raise ValueError("Quantify the segmentation first.")
+        from ScarNetCore.quantify import write_reports
+        return write_reports(self.lastQuantification, outputDirectory, name)
+
+    # ---------------------------------------------------------------------------- the scene
+    @staticmethod
+    def placeNextTo(node, referenceNode) -> bool:
+        """Put `node` under the same subject hierarchy parent (patient/study) as `referenceNode`."""
+        scene = node.GetScene()
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene) if scene is not None else None
+        if shNode is None:
+            return False
+        referenceItem = shNode.GetItemByDataNode(referenceNode) if referenceNode is not None else 0
+        parent = shNode.GetItemParent(referenceItem) if referenceItem else shNode.GetSceneItemID()
+        item = shNode.GetItemByDataNode(node)
+        if item:
+            shNode.SetItemParent(item, parent)
+        else:  # without Slicer's SH plugins (headless) nodes get no item automatically
+            shNode.CreateItem(parent, node)
+        return True
+
+    @staticmethod
+    def segmentNames(segmentationNode) -> list[str]:
+        segmentation = segmentationNode.GetSegmentation()
+        return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+class SegmentationJob:
+    """One background run, driven from the main thread by poll(); results applied only on success."""
+
+    def __init__(self, logic: ScarNetLogic, runner, inputVolumeNode, outputSegmentationNode, overwrite: bool):
+        self.logic, self.runner = logic, runner
+        self.inputVolumeNode, self.outputSegmentationNode, self.overwrite = inputVolumeNode, outputSegmentationNode, overwrite
+        self.state = RunState()
+        self.segmentationNode = None
+        self.errorMessage = ""
+        self._outputHashAtStart = self._outputHash()
+
+    def _outputHash(self):
+        node = self.outputSegmentationNode
+        if node is None or node.GetScene() is None or node.GetSegmentation().GetNumberOfSegments() == 0:
+            return None
+        return labelsFingerprint(labelArrayFromSegmentation(node, self.inputVolumeNode))
+
+    def start(self, image, modelPath, settings) -> None:
+        self.runner.start(image, modelPath, settings.device, settings.batchSize)
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    @property
+    def isRunning(self) -> bool:
+        return not self.state.isDone
+
+    def poll(self) -> bool:
+        """Update progress; on completion apply or report. Returns True while still running."""
+        if self.state.isDone:
+            return False
+        state = self.runner.poll()
+        if not state.isDone:
+            if (state.done, state.total) != (self.state.done, self.state.total):
+                self.logic.progressInfo.emit(state.done, state.total)
+            self.state = state
+            return True
+        self.state = state
+        if state.status == CANCELLED:
+            self.logic.inferenceCancelled.emit()
+            return False
+        try:
+            ScarNetLogic._raiseIfUnsuccessful(state)
+            if self.outputSegmentationNode is not None and self._outputHash() != self._outputHashAtStart:
+                raise ScarNetSceneError(f"Segmentation '{self.outputSegmentationNode.GetName()}' was changed while "
+                                        "ScarNet was running; the result was not applied.")
+            self.segmentationNode = self.logic.applyLabels(
+                self.inputVolumeNode, state.labels, self.outputSegmentationNode, overwrite=self.overwrite,
+                modelInfo=state.modelInfo, device=state.device)
+        except Exception as exc:
+            self.state = RunState(FAILED, errorType=type(exc).__name__, message=str(exc))
+            self.errorMessage = str(exc)
+            self.logic.errorOccurred.emit(self.errorMessage)
+            return False
+        self.logic.inferenceFinished.emit(self.segmentationNode)
+        return False
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.02) -> RunState:
+        """Headless helper: poll until done (what the GUI's QTimer does)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(interval)
+        return self.state

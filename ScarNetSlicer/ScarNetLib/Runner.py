@@ -1,0 +1,254 @@
+"""Process runners: where the (slow) ScarNetCore Segmenter runs.
+
+All runners share one small interface - ``start(image, modelPath, device, batchSize)``, ``poll()``
+returning a RunState, ``cancel()`` - so the logic and its tests do not care where inference runs:
+
+* InProcessRunner - synchronous, in the calling thread (headless scripts, self-test).
+* ThreadRunner    - a Python thread in this process; the model is loaded once and cached.
+* SubprocessRunner - a child Python process (``Worker.py``); the GUI default: the Slicer GUI
+  never waits on it, Cancel always works (cooperative first, then the process is killed), and a
+  crash in the inference stack (e.g. a GPU driver fault) cannot take Slicer down.
+
+Nothing here touches the MRML scene; results are applied by the logic on the main thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import SimpleITK as sitk
+
+RUNNING, FINISHED, FAILED, CANCELLED = "running", "finished", "failed", "cancelled"
+
+SegmenterFactory = Callable[[Optional[str], str], object]  # (modelPath or None, device) -> Segmenter
+
+
+@dataclasses.dataclass
+class RunState:
+    status: str = "idle"
+    done: int = 0
+    total: int = 0
+    labels: Optional[sitk.Image] = None
+    modelInfo: dict = dataclasses.field(default_factory=dict)
+    device: str = ""
+    errorType: str = ""
+    message: str = ""
+
+    @property
+    def isDone(self) -> bool:
+        return self.status in (FINISHED, FAILED, CANCELLED)
+
+
+def defaultSegmenterFactory(modelPath: Optional[str], device: str):
+    from ScarNetCore.inference import Segmenter
+    return Segmenter(model_path=modelPath, device=device)
+
+
+_segmenterCache: dict = {}
+_segmenterCacheLock = threading.Lock()
+
+
+def cachedSegmenter(modelPath: Optional[str], device: str, factory: Optional[SegmenterFactory] = None):
+    """Load a model once per (file, modification time, device); a changed file is reloaded."""
+    factory = factory or defaultSegmenterFactory
+    stamp = os.path.getmtime(modelPath) if modelPath and os.path.exists(modelPath) else None
+    key = (factory, modelPath, stamp, device)
+    with _segmenterCacheLock:
+        if key not in _segmenterCache:
+            _segmenterCache.clear()  # keep one model in (GPU) memory, not one per choice ever made
+            _segmenterCache[key] = factory(modelPath, device)
+        return _segmenterCache[key]
+
+
+def _errorState(exc: BaseException) -> RunState:
+    from ScarNetCore.errors import Cancelled
+    if isinstance(exc, Cancelled):
+        return RunState(CANCELLED, message="Cancelled; nothing was changed.")
+    return RunState(FAILED, errorType=type(exc).__name__, message=str(exc) or type(exc).__name__)
+
+
+class InProcessRunner:
+    """Runs synchronously inside start(); poll() then returns the final state."""
+
+    def __init__(self, segmenterFactory: Optional[SegmenterFactory] = None, progress=None):
+        self.segmenterFactory = segmenterFactory
+        self.progressCallback = progress
+        self._cancel = threading.Event()
+        self._state = RunState()
+
+    def _progress(self, done: int, total: int) -> None:
+        self._state.done, self._state.total = done, total
+        if self.progressCallback:
+            self.progressCallback(done, total)
+
+    def _run(self, image, modelPath, device, batchSize) -> RunState:
+        try:
+            segmenter = cachedSegmenter(modelPath, device, self.segmenterFactory)
+            result = segmenter.segment(image, progress=self._progress, cancel=self._cancel.is_set,
+                                       batch_size=batchSize)
+            return RunState(FINISHED, self._state.done, self._state.total, labels=result.labels,
+                            modelInfo=dict(getattr(segmenter, "model_info", {}) or {}),
+                            device=str(getattr(segmenter, "device", device)))
+        except Exception as exc:  # reported to the user as a message, never raised into Qt
+            return _errorState(exc)
+
+    def start(self, image: sitk.Image, modelPath: Optional[str], device: str, batchSize: int) -> None:
+        self._state = RunState(RUNNING)
+        self._state = self._run(image, modelPath, device, batchSize)
+
+    def poll(self) -> RunState:
+        return self._state
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: Optional[float] = None) -> RunState:
+        return self._state
+
+
+class ThreadRunner(InProcessRunner):
+    """Runs in a daemon thread (PyTorch releases the GIL while it computes)."""
+
+    def __init__(self, segmenterFactory: Optional[SegmenterFactory] = None):
+        super().__init__(segmenterFactory)
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def _progress(self, done: int, total: int) -> None:
+        with self._lock:
+            self._state = dataclasses.replace(self._state, done=done, total=total)
+
+    def start(self, image, modelPath, device, batchSize) -> None:
+        self._state = RunState(RUNNING)
+
+        def target():
+            final = self._run(image, modelPath, device, batchSize)
+            with self._lock:
+                self._state = final
+
+        self._thread = threading.Thread(target=target, name="ScarNetInference", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> RunState:
+        with self._lock:
+            return dataclasses.replace(self._state)
+
+    def wait(self, timeout: Optional[float] = None) -> RunState:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.poll()
+
+
+def _pythonPathForWorker() -> str:
+    """Folders the child needs on sys.path: the one holding ScarNetCore and the one holding ScarNetLib."""
+    import ScarNetCore
+    folders = [str(Path(ScarNetCore.__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1])]
+    existing = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(folders + ([existing] if existing else []))
+
+
+def defaultPythonExecutable() -> str:
+    """PythonSlicer inside Slicer (same packages as Slicer's Python), else this interpreter."""
+    import shutil
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class SubprocessRunner:
+    """Runs ``Worker.py`` in a child process; progress and results travel through files."""
+
+    CANCEL_GRACE_SECONDS = 10.0  # cooperative cancel first (between batches), then kill
+
+    def __init__(self, pythonExecutable: Optional[str] = None, segmenterFactory: Optional[str] = None,
+                 workDir: Optional[str] = None):
+        self.pythonExecutable = pythonExecutable or defaultPythonExecutable()
+        self.segmenterFactory = segmenterFactory  # "module:callable" importable in the child (tests)
+        self._workDirParent = workDir
+        self._process: Optional[subprocess.Popen] = None
+        self._dir: Optional[Path] = None
+        self._state = RunState()
+        self._cancelRequestedAt: Optional[float] = None
+
+    def start(self, image, modelPath, device, batchSize) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="ScarNet-", dir=self._workDirParent))
+        sitk.WriteImage(image, str(self._dir / "input.nrrd"))
+        command = [self.pythonExecutable, str(Path(__file__).with_name("Worker.py")),
+                   "--input", str(self._dir / "input.nrrd"), "--output", str(self._dir / "labels.nrrd"),
+                   "--status", str(self._dir / "status.json"), "--cancel-file", str(self._dir / "cancel"),
+                   "--device", device, "--batch-size", str(int(batchSize))]
+        if modelPath:
+            command += ["--model", str(modelPath)]
+        if self.segmenterFactory:
+            command += ["--segmenter-factory", self.segmenterFactory]
+        env = dict(os.environ, PYTHONPATH=_pythonPathForWorker(), PYTHONUNBUFFERED="1")
+        self._log = open(self._dir / "worker.log", "wb")
+        creationFlags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console flashing up on Windows
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                         creationflags=creationFlags)
+        self._state = RunState(RUNNING)
+
+    def _readStatus(self) -> Optional[dict]:
+        try:
+            return json.loads((self._dir / "status.json").read_text())
+        except (OSError, ValueError):  # not written yet
+            return None
+
+    def _logTail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join((self._dir / "worker.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def poll(self) -> RunState:
+        if self._process is None or self._state.isDone:
+            return self._state
+        status = self._readStatus() or {}
+        exitCode = self._process.poll()
+        if exitCode is None:
+            if self._cancelRequestedAt and time.monotonic() - self._cancelRequestedAt > self.CANCEL_GRACE_SECONDS:
+                self._process.kill()
+                self._process.wait()
+                self._finish(RunState(CANCELLED, message="Cancelled; nothing was changed."))
+            else:
+                self._state = dataclasses.replace(self._state, done=int(status.get("done", 0)),
+                                                  total=int(status.get("total", 0)))
+            return self._state
+        state = status.get("state")
+        if state == FINISHED and (self._dir / "labels.nrrd").exists():
+            final = RunState(FINISHED, status.get("done", 0), status.get("total", 0),
+                             labels=sitk.ReadImage(str(self._dir / "labels.nrrd")),
+                             modelInfo=status.get("model_info", {}), device=status.get("device", ""))
+        elif state == CANCELLED or self._cancelRequestedAt:
+            final = RunState(CANCELLED, message="Cancelled; nothing was changed.")
+        elif state == FAILED:
+            final = RunState(FAILED, errorType=status.get("error_type", ""), message=status.get("message", ""))
+        else:
+            final = RunState(FAILED, errorType="WorkerCrashed",
+                             message=f"The ScarNet worker process stopped unexpectedly (exit code {exitCode}).\n"
+                                     + self._logTail())
+        self._finish(final)
+        return self._state
+
+    def _finish(self, state: RunState) -> None:
+        self._state = state
+        self._log.close()
+        import shutil
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def cancel(self) -> None:
+        if self._process is not None and self._process.poll() is None and not self._cancelRequestedAt:
+            (self._dir / "cancel").touch()
+            self._cancelRequestedAt = time.monotonic()
+
+    def wait(self, timeout: Optional[float] = None) -> RunState:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll().isDone and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.05)
+        return self._state

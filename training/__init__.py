@@ -1,0 +1,1 @@
+"""Retraining ScarNet: data, augmentation, losses, loop, evaluation. The network comes from ScarNetCore."""

@@ -1,0 +1,77 @@
+"""Frozen-encoder feature cache: the CPU recipe.
+
+With the encoder frozen its output depends only on the (augmented) input slice, so each training
+view is encoded once and reused every epoch; only the U-Net pathway, fusion and decoder train.
+A cache holds `views` augmented copies of every slice (view 0 unaugmented) as .npy files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment
+
+
+def build_cache(model, samples, out_dir: str | Path, views: int, seed: int, augment_cfg: AugmentConfig,
+                batch_size: int = 8, bf16: bool = True, log=print) -> Path:
+    """Write view_<k>/{images,masks,features}.npy for k < views; existing complete views are kept."""
+    out_dir = Path(out_dir)
+    model.eval()
+    for view in range(views):
+        folder = out_dir / f"view_{view}"
+        if (folder / "done.json").is_file():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        n = len(samples)
+        images = np.zeros((n, *samples[0].image.shape), np.float16)
+        masks = np.zeros((n, *samples[0].mask.shape), np.uint8)
+        features = None
+        for start in range(0, n, batch_size):
+            batch = samples[start:start + batch_size]
+            for i, s in enumerate(batch):
+                rng = np.random.default_rng([seed, view, start + i])
+                img, msk = (s.image, s.mask) if view == 0 else augment(s.image, s.mask, rng, augment_cfg)
+                images[start + i], masks[start + i] = img, msk
+            x = torch.from_numpy(images[start:start + len(batch)].astype(np.float32))[:, None]
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                f = model.encode(x).float().numpy().astype(np.float16)
+            if features is None:
+                features = np.lib.format.open_memmap(folder / "features.npy", "w+", np.float16, (n, *f.shape[1:]))
+            features[start:start + len(batch)] = f
+            if log and (start // batch_size) % 10 == 0:
+                log(f"cache view {view}: {start + len(batch)}/{n}")
+        features.flush()
+        np.save(folder / "images.npy", images)
+        np.save(folder / "masks.npy", masks)
+        (folder / "done.json").write_text(json.dumps({"cases": [s.case for s in samples], "count": n}))
+    return out_dir
+
+
+class CachedViews(torch.utils.data.Dataset):
+    """Training samples from a feature cache: each epoch draws one random view per slice."""
+
+    def __init__(self, cache_dir: str | Path, seed: int = 0):
+        self.views = []
+        for folder in sorted(Path(cache_dir).glob("view_*")):
+            if (folder / "done.json").is_file():
+                self.views.append({name: np.load(folder / f"{name}.npy", mmap_mode="r")
+                                   for name in ("images", "masks", "features")})
+        if not self.views:
+            raise FileNotFoundError(f"{cache_dir}: no complete cached views")
+        self.length = len(self.views[0]["masks"])
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        view = self.views[np.random.default_rng([self.seed, self.epoch, index]).integers(len(self.views))]
+        return {"image": torch.from_numpy(view["images"][index].astype(np.float32))[None],
+                "mask": torch.from_numpy(view["masks"][index].astype(np.int64)),
+                "features": torch.from_numpy(np.asarray(view["features"][index]))}

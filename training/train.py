@@ -1,0 +1,309 @@
+"""Train ScarNet: `python training/train.py --config CONFIG.yaml` (or `scarnet-train`).
+
+Single process, or several under `torchrun --nproc_per_node=N` (DistributedDataParallel; gloo on
+CPU, NCCL on GPU). A checkpoint of the full training state is written atomically after every epoch;
+rerunning the same command resumes from it, so a killed run loses at most the epoch in progress.
+The model selected on the validation split (never the test split) is exported as
+`best.safetensors` in the one ScarNet checkpoint format.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ScarNetCore.checkpoint import save_checkpoint
+from ScarNetCore.io import atomic_path
+from ScarNetCore.model import ScarNet, ScarNetConfig
+from ScarNetCore.preprocessing import PreprocessConfig
+from training.augment import AugmentConfig, augment
+from training.config import TrainConfig
+from training.data import case_ids, read_dataset
+from training.feature_cache import CachedViews, build_cache
+from training.losses import LossConfig, ScarNetLoss
+from training.metrics import structure_dice, summarize_cases
+
+STATE_FILE = "train_state.pt"
+
+
+class AugmentedSlices(torch.utils.data.Dataset):
+    """On-the-fly augmentation; randomness depends on (seed, epoch, index) so resume is exact."""
+
+    def __init__(self, samples, cfg: AugmentConfig, seed: int, train: bool = True):
+        self.samples, self.cfg, self.seed, self.train, self.epoch = samples, cfg, seed, train, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        s = self.samples[index]
+        image, mask = s.image, s.mask
+        if self.train:
+            image, mask = augment(image, mask, np.random.default_rng([self.seed, self.epoch, index]), self.cfg)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
+                "mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+def split_cases(cfg: TrainConfig) -> dict[str, list[str]]:
+    d = cfg.data
+    if d.split_file:
+        split = json.loads(Path(d.split_file).read_text())
+        return {k: split.get(k, []) for k in ("train", "validation", "test")}
+    if not d.folds:
+        raise ValueError("data: give split_file or folds")
+    cases = case_ids(d.root, d.layout)
+    order = np.random.default_rng(cfg.optim.seed).permutation(cases).tolist()
+    val = order[d.fold::d.folds]
+    return {"train": [c for c in order if c not in val], "validation": val, "test": []}
+
+
+def setup_distributed():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@torch.no_grad()
+def validate(model, loader, device, autocast) -> dict:
+    model.eval()
+    per_case_pred, per_case_ref = {}, {}
+    for batch in loader:
+        with autocast():
+            logits = model(batch["image"].to(device), batch.get("features", None) if "features" not in batch
+                           else batch["features"].to(device))
+        pred = logits.argmax(1).cpu().numpy()
+        for case, p, r in zip(batch["case"], pred, batch["mask"].numpy()):
+            per_case_pred.setdefault(case, []).append(p)
+            per_case_ref.setdefault(case, []).append(r)
+    per_case = {c: structure_dice(np.stack(per_case_pred[c]), np.stack(per_case_ref[c])) for c in per_case_pred}
+    return summarize_cases(per_case)
+
+
+class WithCase(torch.utils.data.Dataset):
+    def __init__(self, base, cases):
+        self.base, self.cases = base, cases
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return {**self.base[i], "case": self.cases[i]}
+
+
+def run(cfg: TrainConfig, log=print) -> Path:
+    rank, world = setup_distributed()
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.optim.seed)
+    main = rank == 0
+    say = log if main else (lambda *a, **k: None)
+
+    preprocessing = PreprocessConfig()
+    split = split_cases(cfg)
+    read = lambda cases: read_dataset(cfg.data.root, cfg.data.layout, config=preprocessing,
+                                      label_map=cfg.data.label_map, cases=set(cases))
+    train_samples, val_samples = read(split["train"]), read(split["validation"])
+    if cfg.data.max_slices:
+        train_samples, val_samples = train_samples[:cfg.data.max_slices], val_samples[:cfg.data.max_slices]
+    say(f"data: {len(train_samples)} training slices ({len(split['train'])} cases), "
+        f"{len(val_samples)} validation slices ({len(split['validation'])} cases); world size {world}")
+
+    mc = cfg.model
+    model_config = ScarNetConfig(encoder=mc.encoder, encoder_checkpoint=mc.encoder_checkpoint,
+                                 encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels)
+    model = ScarNet(model_config).to(device)
+    model.encoder.set_trainable_stages(mc.trainable_encoder_stages)
+    aug_cfg = AugmentConfig.from_dict(cfg.augment)
+    use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0
+    if use_cache:
+        cache_root = out / "feature_cache"
+        if main:
+            build_cache(model, train_samples, cache_root / "train", cfg.optim.cache_views, cfg.optim.seed, aug_cfg,
+                        log=say)
+            build_cache(model, val_samples, cache_root / "validation", 1, cfg.optim.seed, aug_cfg, log=say)
+        if world > 1:
+            dist.barrier()
+        train_set = CachedViews(cache_root / "train", seed=cfg.optim.seed)
+        val_set = CachedViews(cache_root / "validation", seed=cfg.optim.seed)
+    else:
+        train_set = AugmentedSlices(train_samples, aug_cfg, cfg.optim.seed)
+        val_set = AugmentedSlices(val_samples, aug_cfg, cfg.optim.seed, train=False)
+    val_set = WithCase(val_set, [s.case for s in val_samples])
+
+    sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.optim.seed) \
+        if world > 1 else None
+    generator = torch.Generator().manual_seed(cfg.optim.seed)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=sampler is None,
+                                               sampler=sampler, generator=generator, drop_last=len(train_set) > cfg.optim.batch_size * world,
+                                               num_workers=cfg.optim.workers)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.optim.batch_size, num_workers=cfg.optim.workers)
+
+    head_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    enc_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
+    groups = [{"params": head_params, "lr": cfg.optim.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.optim.encoder_lr})
+    if cfg.optim.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+    elif cfg.optim.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.optim.weight_decay)
+    else:
+        raise ValueError(f"optimizer {cfg.optim.optimizer!r}: choose adamw or sgd")
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.grad_accumulation)
+    if cfg.optim.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.optim.max_steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.optim))
+    criterion = ScarNetLoss(LossConfig.from_dict(cfg.loss), model_config.num_classes).to(device)
+
+    amp = cfg.optim.amp
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+    if amp_dtype == torch.float16 and device.type != "cuda":
+        amp_dtype = None  # fp16 autocast is a GPU feature; CPUs use bf16 or fp32
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    start_epoch, best_score, history = 0, -1.0, []
+    state_path = out / STATE_FILE
+    if state_path.is_file():
+        # our own file, still loaded weights_only: it holds tensors and plain containers only
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_score, history = state["epoch"] + 1, state["best_score"], state["history"]
+        say(f"resumed from {state_path} after epoch {state['epoch'] + 1}")
+    net = DistributedDataParallel(model) if world > 1 else model
+
+    meta = {"name": Path(cfg.output_dir).name, "licence": "see training data licence",
+            "training_data": {"root": str(cfg.data.root), "layout": cfg.data.layout,
+                              "cases": {k: v for k, v in split.items()}},
+            "training_config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__))}
+    log_path = out / "log.csv"
+    writer = _tensorboard(out) if main else None
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.time()
+        net.train()
+        for ds in (train_set,):
+            ds.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        totals, count, step = {}, 0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(train_loader):
+            features = batch["features"].to(device) if "features" in batch else None
+            with autocast():
+                logits = net(batch["image"].to(device), features)
+            losses = criterion(logits.float(), batch["mask"].to(device))
+            scaler.scale(losses["loss"] / cfg.optim.grad_accumulation).backward()
+            if (i + 1) % cfg.optim.grad_accumulation == 0 or i + 1 == len(train_loader):
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach())
+            count += 1
+            if cfg.optim.max_steps_per_epoch and step >= cfg.optim.max_steps_per_epoch:
+                break
+        train_loss = {k: v / max(count, 1) for k, v in totals.items()}
+        if main:
+            metrics = validate(model, val_loader, device, autocast)
+            score = np.nanmean([metrics["myocardium_dice"], metrics["scar_dice"]])
+            seconds = time.time() - t0
+            row = {"epoch": epoch + 1, **{f"train_{k}": round(v, 5) for k, v in train_loss.items()},
+                   **{f"val_{k}": round(v, 4) for k, v in metrics.items()}, "lr": scheduler.get_last_lr()[0],
+                   "seconds": round(seconds, 1)}
+            history.append(row)
+            if score > best_score:
+                best_score = float(score)
+                save_checkpoint(out / "best.safetensors", model, preprocessing,
+                                metrics={"validation": {**metrics, "epoch": epoch + 1}}, **meta)
+            save_checkpoint(out / "last.safetensors", model, preprocessing, **meta)
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                            "epoch": epoch, "best_score": best_score, "history": history}, tmp)
+            _write_log(log_path, history)
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+            say(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {train_loss['loss']:.4f} "
+                f"val Dice myo {metrics['myocardium_dice']:.3f} scar {metrics['scar_dice']:.3f} "
+                f"mvo {metrics['mvo_dice']:.3f} {seconds:.0f}s{' *best' if best_score == score else ''}")
+        if world > 1:
+            dist.barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return out / "best.safetensors"
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; log.csv is always written
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _write_log(path: Path, history: list[dict]):
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        w = csv.DictWriter(handle, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config (see training/configs/default.yaml)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config keys")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig.load(args.config, args.set)
+    best = run(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best model: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
