@@ -42,7 +42,7 @@ class _ProgressBar:
 
 
 def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite: bool,
-                insertion_point=None, overlay: bool = False) -> dict:
+                insertion_point=None, overlay: bool = False, pixel_spacing: float | None = None) -> dict:
     """Segment one input and write its label volume, tables and bullseye; returns the written paths."""
     from .io import read_image, write_image_atomic
     from .quantify import quantify, write_reports
@@ -53,6 +53,14 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite:
         raise ScarNetError(f"{existing[0]} already exists; choose another -o folder or pass --overwrite "
                            "(earlier results are never replaced silently)")
     image = read_image(path)
+    notes = []
+    if pixel_spacing is not None or str(path).lower().endswith(".png"):
+        # PNG stores no pixel size (ITK reports a placeholder 1 mm); volumes and the model's
+        # resampling need one, so take the user's or the nominal size the model was trained with
+        mm = pixel_spacing or segmenter.preprocessing.png_nominal_spacing_mm
+        image.SetSpacing((mm,) * image.GetDimension())
+        if pixel_spacing is None:
+            notes.append(f"PNG has no pixel spacing: assumed {mm} mm/pixel (set it with --pixel-spacing)")
     bar = _ProgressBar(name)
     try:
         result = segmenter.segment(image, progress=bar, batch_size=batch_size)
@@ -69,7 +77,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite:
             f" ({g['scar_percent_lv']:.1f} % of LV myocardium)" if g.get("scar_percent_lv") is not None else "")
         written["overlay"] = write_overlay(image, result.labels, out_dir / f"{name}_overlay.png", title)
     written["metrics"] = report.global_metrics
-    written["warnings"] = report.warnings
+    written["warnings"] = notes + report.warnings
     return written
 
 
@@ -83,7 +91,8 @@ def cmd_segment(args) -> int:
     for path in args.inputs:
         try:
             written = segment_one(segmenter, path, out_dir, args.batch_size, args.overwrite,
-                                  tuple(args.insertion_point) if args.insertion_point else None, args.overlay)
+                                  tuple(args.insertion_point) if args.insertion_point else None, args.overlay,
+                                  args.pixel_spacing)
         except ScarNetError as exc:
             failures += 1
             print(f"scarnet: {path}: {exc}", file=sys.stderr)
@@ -182,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--insertion-point", nargs=3, type=float, metavar=("X", "Y", "Z"),
                      help="anterior RV insertion point for AHA segments, physical LPS mm")
     seg.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    seg.add_argument("--pixel-spacing", type=float, metavar="MM",
+                     help="pixel size for inputs without one (PNG; default: the model's nominal size)")
     seg.add_argument("--overwrite", action="store_true", help="replace earlier results in OUTDIR")
     seg.set_defaults(func=cmd_segment)
 

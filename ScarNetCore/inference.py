@@ -54,8 +54,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     """Reduced precision where the hardware runs it natively (None: plain fp32).
 
     bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA GPUs that support it, else fp16 on
-    CUDA. benchmarks/ and Testing/test_inference.py measure that it changes at most a small share
-    of boundary voxels (tolerance: ≥ 99 % voxel agreement with fp32).
+    CUDA. benchmarks/benchmark_inference.py measures the voxel agreement with fp32; the documented
+    tolerance is ≥ 99 % agreement (differences are boundary voxels).
     """
     if precision == "fp32":
         return None

@@ -87,6 +87,9 @@ def validate_image(image: sitk.Image, name: str = "input") -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    meaningful = [line.strip() for line in text if line.strip() and not line.startswith("sitk::ERROR")]
+    """The reason from a SimpleITK exception: its last line, without ITK's source location or prefix."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # SimpleITK puts "Exception thrown in ... file.cxx:99:" first and the reason after "sitk::ERROR:"
+    meaningful = [line.split("sitk::ERROR:", 1)[-1].strip() for line in text
+                  if not line.startswith("Exception thrown in SimpleITK")]
     return (meaningful or text or ["unknown error"])[-1][:200]

@@ -1,12 +1,22 @@
 """ScarNet Slicer logic on a real MRML scene from the slicer-core PyPI package (headless Slicer core).
 
-Segment -> geometry and terminology -> edit -> quantify -> re-run -> bad inputs, without a GUI.
-A fake Segmenter (ScarNetSlicer/Testing/Python/ScarNetFakes.py) makes the labels known exactly;
-one integration test runs the real ScarNetCore Segmenter on the bundled sample.
+Nothing is mocked. Two kinds of tests:
+
+* Known labels - segments, terminology, quantification, editing, re-run and overwrite rules need
+  labels known voxel for voxel. They apply a known label volume with ScarNetLogic.applyLabels, the
+  very step process() and background jobs take after the Segmenter returns; no segmenter involved.
+* Inference - process(), the thread and subprocess runners, progress, cancel and load failures run
+  the real ScarNetCore Segmenter on a short extract of the bundled EMIDEC sample (full in-plane
+  grid, fewer slices), with the bundled model when present, else a randomly initialised real
+  checkpoint (conftest: inference_model_path). The segmentation must hold exactly the labels the
+  Segmenter returns when called directly on the image taken from the same volume node.
+
+The end-to-end scenario on the full sample (also ScarNetTest in ScarNet.py) needs the bundled model.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import sys
@@ -17,7 +27,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "ScarNetSlicer"), str(ROOT / "ScarNetSlicer" / "Testing" / "Python")]
+sys.path[:0] = [str(ROOT / "ScarNetSlicer")]
 
 slicer = pytest.importorskip("slicer")
 if not hasattr(slicer, "vtkMRMLScene"):
@@ -25,16 +35,44 @@ if not hasattr(slicer, "vtkMRMLScene"):
 import SimpleITK as sitk  # noqa: E402
 import vtk  # noqa: E402
 
-from ScarNetCore.errors import Cancelled, CheckpointError, InputError  # noqa: E402
-from ScarNetFakes import fakeFactory, phantomImage, phantomLabels, slowFakeFactory  # noqa: E402
+from ScarNetCore.errors import CheckpointError, InputError  # noqa: E402
+from ScarNetCore.resources import default_model_path, sample_volume_path  # noqa: E402
 from ScarNetLib import ScarNetLogic, ScarNetSettings, SubprocessRunner, ThreadRunner  # noqa: E402
-from ScarNetLib.Conversion import (ScarNetSceneError, addVolumeNodeFromSitk, ijkToRasArray,  # noqa: E402
-                                   sitkImageFromVolumeNode)
+from ScarNetLib.Conversion import (ScarNetSceneError, _arrayToMatrix, addVolumeNodeFromSitk,  # noqa: E402
+                                   ijkToRasArray, sitkImageFromVolumeNode)
+from ScarNetLib.Parameter import modelPathOrNone  # noqa: E402
 from ScarNetLib.Segments import (SEGMENT_DEFINITIONS, TERMINOLOGY_CONTEXT, labelArrayFromSegmentation,  # noqa: E402
                                  terminologyFilePath, vtkTag)
 
 HAVE_QUANTIFY = importlib.util.find_spec("ScarNetCore.quantify") is not None
 OBLIQUE = sitk.VersorTransform((0.3, 0.5, 0.8), 0.6).GetMatrix()
+SEGMENT_NAMES = ["LV blood pool", "Healthy myocardium", "Scar", "MVO"]
+KNOWN = {"name": "known labels"}  # modelInfo recorded for applied known label volumes
+
+
+# ------------------------------------------------------------------------- known label volumes
+def phantomLabels(shape=(6, 40, 48)) -> np.ndarray:
+    """Short-axis-like stack: blood pool disc, myocardial ring, a scar sector with an MVO core."""
+    nz, ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    cy, cx = ny / 2, nx / 2
+    r = np.hypot(y - cy, x - cx)
+    angle = np.degrees(np.arctan2(y - cy, x - cx)) % 360
+    slice2d = np.zeros((ny, nx), np.uint8)
+    slice2d[r < 8] = 1
+    ring = (r >= 8) & (r < 13)
+    slice2d[ring] = 2
+    slice2d[ring & (angle < 90)] = 3
+    slice2d[ring & (angle >= 30) & (angle < 50) & (r < 10)] = 4
+    labels = np.repeat(slice2d[None], nz, axis=0)
+    labels[0] = 0  # an empty apical slice, as in real stacks
+    return labels
+
+
+def phantomImage(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """LGE-like intensities for the phantom (bright scar); only the labels are used as a result."""
+    texture = np.random.default_rng(seed).uniform(-20, 20, labels.shape)
+    return (labels * 100.0 + texture).astype(np.float32)
 
 
 def makeScene(direction=OBLIQUE, shape=(6, 40, 48), spacing=(1.4, 1.3, 8.0), origin=(10.0, -20.0, 30.0)):
@@ -46,6 +84,17 @@ def makeScene(direction=OBLIQUE, shape=(6, 40, 48), spacing=(1.4, 1.3, 8.0), ori
     image.SetDirection(direction)
     volume = addVolumeNodeFromSitk(scene, image, "LGE")
     return scene, volume, labels, image
+
+
+def labelsOnGrid(labels: np.ndarray, volumeNode) -> sitk.Image:
+    """A known label array as a label image on the volume node's voxel grid (what a Segmenter returns)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))
+    image.CopyInformation(sitkImageFromVolumeNode(volumeNode))
+    return image
+
+
+def applyKnown(logic, volume, labels, outputSegmentationNode=None, **kwargs):
+    return logic.applyLabels(volume, labelsOnGrid(labels, volume), outputSegmentationNode, modelInfo=KNOWN, **kwargs)
 
 
 def sceneSnapshot(scene):
@@ -61,9 +110,49 @@ def segmentLabelArray(segmentationNode, segmentId):
     return oriented
 
 
+def assertMatrixEqual(matrix, expected, atol=1e-6):
+    for r in range(4):
+        for c in range(4):
+            assert matrix.GetElement(r, c) == pytest.approx(expected.GetElement(r, c), abs=atol)
+
+
+def assertOnVolumeGrid(segmentationNode, volume):
+    """Reference geometry and every segment's labelmap lie on exactly the input volume's voxel grid."""
+    segmentation = segmentationNode.GetSegmentation()
+    geometryName = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    reference = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(segmentation.GetConversionParameter(geometryName), reference)
+    volumeMatrix, referenceMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(volumeMatrix)
+    reference.GetImageToWorldMatrix(referenceMatrix)
+    assertMatrixEqual(referenceMatrix, volumeMatrix)
+    assert reference.GetExtent() == volume.GetImageData().GetExtent()
+    for definition in SEGMENT_DEFINITIONS:
+        matrix = vtk.vtkMatrix4x4()
+        segmentLabelArray(segmentationNode, definition.segmentId).GetImageToWorldMatrix(matrix)
+        assertMatrixEqual(matrix, volumeMatrix)
+
+
+def assertScarNetSegments(segmentationNode):
+    """Four segments with ScarNet's names, colours and (Slicer-readable) terminology."""
+    assert ScarNetLogic.segmentNames(segmentationNode) == SEGMENT_NAMES
+    segmentation = segmentationNode.GetSegmentation()
+    for definition in SEGMENT_DEFINITIONS:
+        segment = segmentation.GetSegment(definition.segmentId)
+        assert segment.GetColor() == pytest.approx(definition.color)
+        entry = vtkTag(segment, slicer.vtkSegment.GetTerminologyEntryTagName())
+        parsed = slicer.vtkSlicerTerminologyEntry()
+        assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(entry, parsed)
+        assert parsed.GetTerminologyContextName() == TERMINOLOGY_CONTEXT
+        assert parsed.GetTypeObject().GetCodeValue() == definition.type[1]
+        assert parsed.GetTypeObject().GetCodingSchemeDesignator() == definition.type[0]
+        assert parsed.GetCategoryObject().GetCodeValue() == definition.category[1]
+    assert segmentationNode.GetDisplayNode() is not None
+
+
 @pytest.fixture
 def logic():
-    return ScarNetLogic(segmenterFactory=fakeFactory)
+    return ScarNetLogic()
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -82,44 +171,65 @@ def test_volume_to_sitk_keeps_exact_geometry(direction):
         np.testing.assert_allclose(lps, image.TransformIndexToPhysicalPoint(ijk), atol=1e-6)
 
 
-def test_segmentation_geometry_segments_and_terminology(logic):
+# ------------------------------------------------------------------ applying a known result
+def test_applied_labels_segments_geometry_and_terminology(logic):
     scene, volume, labels, _ = makeScene()
-    segmentationNode = logic.process(volume)
+    segmentationNode = logic.applyLabels(volume, labelsOnGrid(labels, volume), modelInfo=KNOWN)
     assert segmentationNode.GetScene() is scene
-    assert logic.segmentNames(segmentationNode) == ["LV blood pool", "Healthy myocardium", "Scar", "MVO"]
-    # reference geometry = the input volume's grid, and the content lies on exactly that grid
-    segmentation = segmentationNode.GetSegmentation()
-    geometryName = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-    reference = slicer.vtkOrientedImageData()
-    slicer.vtkSegmentationConverter.DeserializeImageGeometry(segmentation.GetConversionParameter(geometryName), reference)
-    volumeMatrix, referenceMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(volumeMatrix)
-    reference.GetImageToWorldMatrix(referenceMatrix)
-    for r in range(4):
-        for c in range(4):
-            assert referenceMatrix.GetElement(r, c) == pytest.approx(volumeMatrix.GetElement(r, c), abs=1e-6)
-    assert reference.GetExtent() == volume.GetImageData().GetExtent()
+    assertScarNetSegments(segmentationNode)
+    assertOnVolumeGrid(segmentationNode, volume)
     np.testing.assert_array_equal(labelArrayFromSegmentation(segmentationNode, volume), labels)
     # separate, non-overlapping segments, each exactly its label
+    segmentation = segmentationNode.GetSegmentation()
+    from vtkmodules.util import numpy_support
     for definition in SEGMENT_DEFINITIONS:
         oriented = segmentLabelArray(segmentationNode, definition.segmentId)
-        matrix = vtk.vtkMatrix4x4()
-        oriented.GetImageToWorldMatrix(matrix)
-        for r in range(4):
-            for c in range(4):
-                assert matrix.GetElement(r, c) == pytest.approx(volumeMatrix.GetElement(r, c), abs=1e-6)
-        segment = segmentation.GetSegment(definition.segmentId)
-        assert segment.GetColor() == pytest.approx(definition.color)
-        entry = vtkTag(segment, slicer.vtkSegment.GetTerminologyEntryTagName())
-        parsed = slicer.vtkSlicerTerminologyEntry()
-        assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(entry, parsed)
-        assert parsed.GetTerminologyContextName() == TERMINOLOGY_CONTEXT
-        assert parsed.GetTypeObject().GetCodeValue() == definition.type[1]
-        assert parsed.GetTypeObject().GetCodingSchemeDesignator() == definition.type[0]
-        assert parsed.GetCategoryObject().GetCodeValue() == definition.category[1]
+        nx, ny, nz = oriented.GetDimensions()
+        layer = numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars()).reshape(nz, ny, nx)
+        value = segmentation.GetSegment(definition.segmentId).GetLabelValue()
+        np.testing.assert_array_equal(layer == value, labels == definition.label)
     types = {d.name: d.type[1] for d in SEGMENT_DEFINITIONS}
     assert types["Healthy myocardium"] == "74281007" and types["Scar"] == "12402003"
-    assert segmentationNode.GetDisplayNode() is not None
+    # recorded as ScarNet's own, unedited work on this input
+    assert logic.outputState(segmentationNode) == "unchanged"
+    assert segmentationNode.GetAttribute("ScarNet.InputVolumeID") == volume.GetID()
+    assert json.loads(segmentationNode.GetAttribute("ScarNet.Model")) == KNOWN
+    assert logic.lastModelInfo == KNOWN
+
+
+def _offGrid(volume, labels):
+    image = labelsOnGrid(labels, volume)
+    image.SetSpacing([s * 1.01 for s in image.GetSpacing()])
+    return image
+
+
+def _unknownValue(volume, labels):
+    bad = labels.copy()
+    bad[2, 3, 4] = 7
+    return labelsOnGrid(bad, volume)
+
+
+def _floatLabels(volume, labels):
+    return sitk.Cast(labelsOnGrid(labels, volume), sitk.sitkFloat32)
+
+
+def _wrongSize(volume, labels):
+    image = sitk.GetImageFromArray(labels[1:])
+    reference = sitkImageFromVolumeNode(volume)
+    image.SetSpacing(reference.GetSpacing())
+    image.SetOrigin(reference.GetOrigin())
+    image.SetDirection(reference.GetDirection())
+    return image
+
+
+@pytest.mark.parametrize("makeLabels, message", [(_offGrid, "voxel grid"), (_wrongSize, "voxel grid"),
+                                                 (_unknownValue, "outside"), (_floatLabels, "integer")])
+def test_apply_refuses_labels_that_are_not_a_scarnet_result_on_the_input_grid(logic, makeLabels, message):
+    scene, volume, labels, _ = makeScene()
+    before = sceneSnapshot(scene)
+    with pytest.raises(InputError, match=message):
+        logic.applyLabels(volume, makeLabels(volume, labels))
+    assert sceneSnapshot(scene) == before
 
 
 def test_terminology_file_loads_in_slicer_terminology_logic():
@@ -133,19 +243,19 @@ def test_terminology_file_loads_in_slicer_terminology_logic():
 
 
 def test_placed_next_to_input_in_subject_hierarchy(logic):
-    scene, volume, _, _ = makeScene()
+    scene, volume, labels, _ = makeScene()
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = shNode.CreateStudyItem(shNode.CreateSubjectItem(shNode.GetSceneItemID(), "Patient"), "LGE study")
     shNode.CreateItem(study, volume)
-    segmentationNode = logic.process(volume)
+    segmentationNode = applyKnown(logic, volume, labels)
     assert shNode.GetItemParent(shNode.GetItemByDataNode(segmentationNode)) == study
 
 
 def test_parent_transform_follows_input(logic):
-    scene, volume, _, _ = makeScene()
+    scene, volume, labels, _ = makeScene()
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     volume.SetAndObserveTransformNodeID(transform.GetID())
-    assert logic.process(volume).GetTransformNodeID() == transform.GetID()
+    assert applyKnown(logic, volume, labels).GetTransformNodeID() == transform.GetID()
 
 
 # ----------------------------------------------------------------------- edit and quantify
@@ -171,7 +281,7 @@ def eraseHalf(segmentationNode, segmentId):
 @pytest.mark.skipif(not HAVE_QUANTIFY, reason="ScarNetCore.quantify not available")
 def test_quantify_follows_manual_edits(logic, tmp_path):
     scene, volume, labels, image = makeScene()
-    segmentationNode = logic.process(volume)
+    segmentationNode = applyKnown(logic, volume, labels)
     table = logic.quantify(segmentationNode, volume)
     assert table.IsA("vtkMRMLTableNode") and table.GetScene() is scene
     metrics = logic.metricsFromTable(table)
@@ -206,30 +316,32 @@ def test_quantify_follows_manual_edits(logic, tmp_path):
 # ------------------------------------------------------------------------ never lose edits
 def test_rerun_never_touches_edited_segmentation(logic):
     scene, volume, labels, _ = makeScene()
-    first = logic.process(volume)
+    first = applyKnown(logic, volume, labels)
     eraseHalf(first, "ScarNet_Scar")
     editedContent = labelArrayFromSegmentation(first, volume)
-    before = sceneSnapshot(scene)
 
-    second = logic.process(volume)  # default: a new node
+    second = applyKnown(logic, volume, labels)  # default: a new node
     assert second is not first
     np.testing.assert_array_equal(labelArrayFromSegmentation(first, volume), editedContent)
 
     before = sceneSnapshot(scene)
     with pytest.raises(ScarNetSceneError, match="edited"):
-        logic.process(volume, first)  # headless, no overwrite flag: refuse
+        logic.process(volume, first)  # headless, no overwrite flag: refused before any model is loaded
+    with pytest.raises(ScarNetSceneError, match="edited"):
+        applyKnown(logic, volume, labels, first)  # ... and when a finished result arrives
     assert sceneSnapshot(scene) == before
     np.testing.assert_array_equal(labelArrayFromSegmentation(first, volume), editedContent)
 
     # an unedited ScarNet result may be refreshed in place; an explicit flag allows overwriting edits
     assert logic.outputState(second) == "unchanged"
-    assert logic.process(volume, second) is second
-    assert logic.process(volume, first, overwrite=True) is first
+    assert applyKnown(logic, volume, labels, second) is second
+    assert applyKnown(logic, volume, labels, first, overwrite=True) is first
     np.testing.assert_array_equal(labelArrayFromSegmentation(first, volume), labels)
+    assert logic.outputState(first) == "unchanged"
 
 
 def test_refuses_segmentation_made_by_someone_else(logic):
-    scene, volume, _, _ = makeScene()
+    scene, volume, labels, _ = makeScene()
     manual = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "hand drawn")
     segment = slicer.vtkSegment()
     segment.SetName("mine")
@@ -240,8 +352,11 @@ def test_refuses_segmentation_made_by_someone_else(logic):
     assert manual.GetSegmentation().GetNumberOfSegments() == 1
     with pytest.raises(ScarNetSceneError, match="did not make"):
         logic.process(volume, manual)
+    with pytest.raises(ScarNetSceneError, match="did not make"):
+        applyKnown(logic, volume, labels, manual)
+    assert ScarNetLogic.segmentNames(manual) == ["mine"]
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
-    assert logic.process(volume, empty) is empty
+    assert applyKnown(logic, volume, labels, empty) is empty
 
 
 # ------------------------------------------------------------------------------ bad inputs
@@ -290,6 +405,7 @@ def _sequenceFrame(scene, image):
     (_emptyVolume, "empty"), (_constantVolume, None), (_nanVolume, None), (_sequenceFrame, "sequence"),
 ])
 def test_bad_input_leaves_scene_unchanged(logic, make, message):
+    # refused by the checks that run before any model is loaded
     scene, volume, _, image = makeScene()
     bad = make(scene, image)
     before = sceneSnapshot(scene)
@@ -299,103 +415,217 @@ def test_bad_input_leaves_scene_unchanged(logic, make, message):
     assert sceneSnapshot(scene) == before
 
 
-def test_model_that_fails_to_load_leaves_scene_unchanged():
-    def brokenFactory(modelPath, device):
-        raise CheckpointError(f"{modelPath}: not a ScarNet checkpoint")
-    scene, volume, _, _ = makeScene()
-    before = sceneSnapshot(scene)
-    settings = ScarNetSettings(useBundledModel=False, modelPath=Path("/nonexistent/model.safetensors"))
-    with pytest.raises(CheckpointError, match="not a ScarNet checkpoint"):
-        ScarNetLogic(segmenterFactory=brokenFactory).process(volume, settings=settings)
-    assert sceneSnapshot(scene) == before
-
-
 def test_no_input_selected(logic):
     with pytest.raises(InputError, match="none selected"):
         logic.process(None)
 
 
-# ---------------------------------------------------------------------- background runs
-def test_background_job_reports_progress_and_applies_on_finish():
-    scene, volume, labels, _ = makeScene()
-    logic = ScarNetLogic(segmenterFactory=fakeFactory)
+# ------------------------------------------------------------ inference with the real Segmenter
+@pytest.fixture(scope="module")
+def sampleImage() -> sitk.Image:
+    path = sample_volume_path()
+    if not path.is_file():
+        pytest.skip(f"bundled sample volume missing at {path}")
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # "unexpected scales in sform" (EMIDEC NIfTI)
+    return sitk.ReadImage(str(path))
+
+
+@pytest.fixture(scope="module")
+def sampleSlab(sampleImage) -> sitk.Image:
+    """Two mid-ventricular slices of the sample: full in-plane field of view, real spacing."""
+    return sampleImage[:, :, 3:5]
+
+
+@pytest.fixture(scope="module")
+def modelSettings(inference_model_path):
+    """settings(**fields) -> ScarNetSettings running the test model on the CPU."""
+    bundled = inference_model_path == default_model_path()
+
+    def settings(**fields):
+        return ScarNetSettings(useBundledModel=bundled, modelPath=Path(inference_model_path), device="cpu", **fields)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def directLabels(modelSettings):
+    """directLabels(image, batchSize) -> label array the Segmenter returns when called directly.
+
+    Its own Segmenter instance, configured as the logic's runners configure theirs (same model
+    file, device, automatic precision). Results are memoised per (voxels, geometry, batch size).
+    """
+    from ScarNetCore.inference import Segmenter
+    segmenter = Segmenter(modelPathOrNone(modelSettings()), device="cpu")
+    memo = {}
+
+    def labels(image: sitk.Image, batchSize: int) -> np.ndarray:
+        key = (hashlib.sha256(sitk.GetArrayViewFromImage(image).tobytes()).hexdigest(), image.GetSize(),
+               image.GetSpacing(), image.GetOrigin(), image.GetDirection(), batchSize)
+        if key not in memo:
+            result = segmenter.segment(image, batch_size=batchSize)
+            assert result.labels.GetSize() == image.GetSize()
+            memo[key] = sitk.GetArrayFromImage(result.labels)
+        return memo[key]
+    labels.modelInfo = segmenter.model_info
+    return labels
+
+
+def sampleVolume(scene, slab: sitk.Image, orientation: str):
+    """A volume node holding the slab's voxels, its IJK->RAS directions set in Slicer: identity or oblique."""
+    volume = addVolumeNodeFromSitk(scene, slab, f"LGE {orientation}")
+    directions = np.eye(3) if orientation == "identity" else np.array(OBLIQUE).reshape(3, 3)
+    ijkToRas = np.eye(4)
+    ijkToRas[:3, :3] = directions @ np.diag(slab.GetSpacing())
+    ijkToRas[:3, 3] = (-12.5, 40.25, -7.0)
+    volume.SetIJKToRASMatrix(_arrayToMatrix(ijkToRas))
+    np.testing.assert_allclose(ijkToRasArray(volume), ijkToRas, atol=1e-9)
+    return volume
+
+
+def assertExactResult(segmentationNode, volume, directLabels, batchSize):
+    """On the volume's grid, and voxel for voxel what the Segmenter returns on the node's image."""
+    assertScarNetSegments(segmentationNode)
+    assertOnVolumeGrid(segmentationNode, volume)
+    expected = directLabels(sitkImageFromVolumeNode(volume), batchSize)
+    np.testing.assert_array_equal(labelArrayFromSegmentation(segmentationNode, volume), expected)
+    assert ScarNetLogic.outputState(segmentationNode) == "unchanged"
+    assert json.loads(segmentationNode.GetAttribute("ScarNet.Model"))["name"] == directLabels.modelInfo["name"]
+
+
+def test_process_applies_exactly_what_the_segmenter_returns(sampleSlab, modelSettings, directLabels):
+    """Synchronous process() on an oblique volume node, with progress."""
+    scene = slicer.vtkMRMLScene()
+    volume = sampleVolume(scene, sampleSlab, "oblique")
+    logic = ScarNetLogic()
+    progress = []
+    segmentationNode = logic.process(volume, settings=modelSettings(batchSize=1),
+                                     progress=lambda done, total: progress.append((done, total)))
+    assert segmentationNode.GetScene() is scene
+    assert progress == [(0, 2), (1, 2), (2, 2)]
+    assertExactResult(segmentationNode, volume, directLabels, batchSize=1)
+    assert logic.lastModelInfo["name"] == directLabels.modelInfo["name"] and logic.lastDevice == "cpu"
+
+
+def test_thread_job_reports_progress_and_applies_exactly(sampleSlab, modelSettings, directLabels):
+    """Background job in a thread on an identity-oriented volume node; applied on the polling thread."""
+    scene = slicer.vtkMRMLScene()
+    volume = sampleVolume(scene, sampleSlab, "identity")
+    logic = ScarNetLogic()
     progress, finished = [], []
     logic.progressInfo.connect(lambda done, total: progress.append((done, total)))
     logic.inferenceFinished.connect(finished.append)
-    job = logic.startProcessing(volume, settings=ScarNetSettings(batchSize=2), runner=ThreadRunner(fakeFactory))
-    job.wait(timeout=30)
-    assert finished and finished[0] is job.segmentationNode
-    np.testing.assert_array_equal(labelArrayFromSegmentation(job.segmentationNode, volume), labels)
+    job = logic.startProcessing(volume, settings=modelSettings(batchSize=1), runner=ThreadRunner())
+    state = job.wait(timeout=300)
+    assert state.status == "finished", state.message
+    assert finished == [job.segmentationNode]
+    assert progress and all(total == 2 and 0 <= done <= 2 for done, total in progress)
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assertExactResult(job.segmentationNode, volume, directLabels, batchSize=1)
+
+
+def test_subprocess_job_applies_exactly(sampleSlab, modelSettings, directLabels):
+    """The GUI's runner: a child process; the image and labels travel through files (oblique geometry)."""
+    scene = slicer.vtkMRMLScene()
+    volume = sampleVolume(scene, sampleSlab, "oblique")
+    job = ScarNetLogic().startProcessing(volume, settings=modelSettings(batchSize=1),
+                                         runner=SubprocessRunner(sys.executable))
+    state = job.wait(timeout=300)
+    assert state.status == "finished", state.message
+    assertExactResult(job.segmentationNode, volume, directLabels, batchSize=1)
 
 
 @pytest.mark.parametrize("runnerKind", ["thread", "subprocess"])
-def test_cancel_leaves_scene_as_it_was(runnerKind, monkeypatch):
-    scene, volume, _, _ = makeScene()
-    logic = ScarNetLogic(segmenterFactory=slowFakeFactory)
-    if runnerKind == "thread":
-        runner = ThreadRunner(slowFakeFactory)
-    else:
-        monkeypatch.setenv("PYTHONPATH", str(ROOT / "ScarNetSlicer" / "Testing" / "Python"))
-        runner = SubprocessRunner(pythonExecutable=sys.executable, segmenterFactory="ScarNetFakes:slowFakeFactory")
-    cancelled = []
+def test_cancel_leaves_scene_as_it_was(runnerKind, sampleImage, modelSettings):
+    scene = slicer.vtkMRMLScene()
+    volume = addVolumeNodeFromSitk(scene, sampleImage, "LGE")  # 7 slices: time to cancel after the first
+    logic = ScarNetLogic()
+    runner = ThreadRunner() if runnerKind == "thread" else SubprocessRunner(sys.executable)
+    cancelled, finished = [], []
     logic.inferenceCancelled.connect(lambda: cancelled.append(True))
+    logic.inferenceFinished.connect(finished.append)
     before = sceneSnapshot(scene)
-    job = logic.startProcessing(volume, settings=ScarNetSettings(batchSize=1), runner=runner)
-    deadline = time.monotonic() + 60
-    while job.poll() and job.state.done < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the GUI's QTimer does this
+    job = logic.startProcessing(volume, settings=modelSettings(batchSize=1), runner=runner)
+    deadline = time.monotonic() + 120
+    while job.poll() and job.state.total == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the GUI's QTimer does this; total is set by the first progress callback
+    assert job.state.total == 7, job.state
     job.cancel()
-    state = job.wait(timeout=60)
-    assert state.status == "cancelled" and cancelled
+    state = job.wait(timeout=120)
+    assert state.status == "cancelled", state
+    assert cancelled and not finished and job.segmentationNode is None
     assert sceneSnapshot(scene) == before
 
 
-def test_subprocess_runner_segments(monkeypatch):
-    scene, volume, labels, _ = makeScene()
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "ScarNetSlicer" / "Testing" / "Python"))
-    logic = ScarNetLogic()
-    job = logic.startProcessing(volume, runner=SubprocessRunner(sys.executable, "ScarNetFakes:fakeFactory"))
-    state = job.wait(timeout=120)
-    assert state.status == "finished", state.message
-    np.testing.assert_array_equal(labelArrayFromSegmentation(job.segmentationNode, volume), labels)
-    assert json.loads(job.segmentationNode.GetAttribute("ScarNet.Model"))["name"] == "FakeScarNet"
+def _notACheckpoint(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"this is not a model" * 100)
+    return path
 
 
-def test_subprocess_runner_reports_engine_errors(monkeypatch):
-    scene, volume, _, _ = makeScene()
+def _missingFile(tmp_path):
+    return tmp_path / "nonexistent" / "model.safetensors"
+
+
+@pytest.mark.parametrize("makeModel", [_notACheckpoint, _missingFile])
+def test_model_that_fails_to_load_leaves_scene_unchanged(makeModel, sampleSlab, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    volume = addVolumeNodeFromSitk(scene, sampleSlab, "LGE")
+    before = sceneSnapshot(scene)
+    settings = ScarNetSettings(useBundledModel=False, modelPath=makeModel(tmp_path), device="cpu")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        ScarNetLogic().process(volume, settings=settings)
+    assert sceneSnapshot(scene) == before
+
+
+@pytest.mark.skipif(default_model_path().is_file(), reason="the bundled model is present")
+def test_without_bundled_model_default_settings_fail_cleanly(sampleSlab):
+    scene = slicer.vtkMRMLScene()
+    volume = addVolumeNodeFromSitk(scene, sampleSlab, "LGE")
+    before = sceneSnapshot(scene)
+    with pytest.raises(CheckpointError, match="no trained model is bundled"):
+        ScarNetLogic().process(volume, settings=ScarNetSettings(device="cpu"))
+    assert sceneSnapshot(scene) == before
+
+
+def test_subprocess_runner_reports_engine_errors(sampleSlab, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    volume = addVolumeNodeFromSitk(scene, sampleSlab, "LGE")
     errors = []
     logic = ScarNetLogic()
     logic.errorOccurred.connect(errors.append)
-    settings = ScarNetSettings(useBundledModel=False, modelPath=Path("/nonexistent/model.safetensors"))
+    settings = ScarNetSettings(useBundledModel=False, modelPath=_notACheckpoint(tmp_path), device="cpu")
     before = sceneSnapshot(scene)
     job = logic.startProcessing(volume, settings=settings, runner=SubprocessRunner(sys.executable))
     state = job.wait(timeout=180)
-    assert state.status == "failed" and errors and errors[0]
+    assert state.status == "failed" and state.errorType == "CheckpointError"
+    assert errors and "not a readable ScarNet checkpoint" in errors[0]
     assert sceneSnapshot(scene) == before
 
 
-# --------------------------------------------------------------- the real engine, if present
-def _realModelAvailable():
-    try:
-        from ScarNetCore.resources import default_model_path
-        import ScarNetCore.inference  # noqa: F401
-    except ImportError:
-        return False
-    return default_model_path().is_file()
-
-
-@pytest.mark.skipif(not _realModelAvailable(), reason="bundled ScarNet model not present")
-def test_real_segmenter_on_bundled_sample():
-    from ScarNetCore.resources import sample_volume_path
+# ------------------------------------------------- end to end: the bundled model on the sample
+@pytest.mark.skipif(not default_model_path().is_file(), reason=f"bundled ScarNet model absent ({default_model_path()})")
+@pytest.mark.skipif(not HAVE_QUANTIFY, reason="ScarNetCore.quantify not available")
+def test_bundled_model_on_sample(sampleImage):
+    """The self-test scenario (ScarNetTest in ScarNet.py): sample -> four segments -> table = quantify."""
+    from ScarNetCore.quantify import quantify
     scene = slicer.vtkMRMLScene()
-    volume = addVolumeNodeFromSitk(scene, sitk.ReadImage(str(sample_volume_path())), "EMIDEC sample")
+    volume = addVolumeNodeFromSitk(scene, sampleImage, "EMIDEC sample")
     logic = ScarNetLogic()
-    segmentationNode = logic.process(volume, settings=ScarNetSettings(device="cpu"))
-    assert logic.segmentNames(segmentationNode) == ["LV blood pool", "Healthy myocardium", "Scar", "MVO"]
-    labels = labelArrayFromSegmentation(segmentationNode, volume)
-    assert labels.shape == sitk.GetArrayViewFromImage(sitkImageFromVolumeNode(volume)).shape
-    assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+    segmentationNode = logic.process(volume, settings=ScarNetSettings(device="cpu"))  # the bundled model
+    assertScarNetSegments(segmentationNode)
+    assertOnVolumeGrid(segmentationNode, volume)
     assert logic.lastModelInfo.get("name")
-    if HAVE_QUANTIFY:
-        metrics = logic.metricsFromTable(logic.quantify(segmentationNode, volume))
-        assert metrics["myocardium_ml"] >= 0
+
+    table = logic.quantify(segmentationNode, volume)
+    metrics = logic.metricsFromTable(table)
+    image = sitkImageFromVolumeNode(volume)
+    labels = sitk.GetImageFromArray(labelArrayFromSegmentation(segmentationNode, volume))
+    labels.CopyInformation(image)
+    expected = quantify(labels, image).global_metrics
+    assert set(expected) <= set(metrics)
+    for key, value in expected.items():
+        if isinstance(value, (bool, np.bool_, str)) or value is None:
+            assert metrics[key] == ("" if value is None else str(value)) or (value is None and np.isnan(metrics[key]))
+        else:
+            assert metrics[key] == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
+    assert metrics["scar_ml"] > 0 and metrics["scar_voxels"] > 0  # the sample has an infarct
+    assert metrics["myocardium_ml"] > metrics["scar_ml"]

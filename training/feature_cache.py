@@ -22,8 +22,9 @@ def build_cache(model, samples, out_dir: str | Path, views: int, seed: int, augm
     model.eval()
     for view in range(views):
         folder = out_dir / f"view_{view}"
-        if (folder / "done.json").is_file():
-            continue
+        done = folder / "done.json"
+        if done.is_file() and {s.case for s in samples} <= set(json.loads(done.read_text())["cases"]):
+            continue  # complete and covers every case asked for (extra cases are filtered when read)
         folder.mkdir(parents=True, exist_ok=True)
         n = len(samples)
         images = np.zeros((n, *samples[0].image.shape), np.float16)
@@ -53,25 +54,30 @@ def build_cache(model, samples, out_dir: str | Path, views: int, seed: int, augm
 class CachedViews(torch.utils.data.Dataset):
     """Training samples from a feature cache: each epoch draws one random view per slice."""
 
-    def __init__(self, cache_dir: str | Path, seed: int = 0):
+    def __init__(self, cache_dir: str | Path, seed: int = 0, cases: set[str] | None = None):
         self.views = []
+        cached_cases = None
         for folder in sorted(Path(cache_dir).glob("view_*")):
             if (folder / "done.json").is_file():
                 self.views.append({name: np.load(folder / f"{name}.npy", mmap_mode="r")
                                    for name in ("images", "masks", "features")})
+                cached_cases = json.loads((folder / "done.json").read_text())["cases"]
         if not self.views:
             raise FileNotFoundError(f"{cache_dir}: no complete cached views")
-        self.length = len(self.views[0]["masks"])
+        # a cache may hold more cases than the split now allows: use only the allowed ones
+        self.indices = [i for i, c in enumerate(cached_cases) if cases is None or c in cases]
+        self.cases = [cached_cases[i] for i in self.indices]
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self):
-        return self.length
+        return len(self.indices)
 
     def __getitem__(self, index):
         view = self.views[np.random.default_rng([self.seed, self.epoch, index]).integers(len(self.views))]
+        index = self.indices[index]
         return {"image": torch.from_numpy(view["images"][index].astype(np.float32))[None],
                 "mask": torch.from_numpy(view["masks"][index].astype(np.int64)),
                 "features": torch.from_numpy(np.asarray(view["features"][index]))}

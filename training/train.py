@@ -160,12 +160,12 @@ def run(cfg: TrainConfig, log=print) -> Path:
             build_cache(model, val_samples, cache_root / "validation", 1, cfg.optim.seed, aug_cfg, log=say)
         if world > 1:
             dist.barrier()
-        train_set = CachedViews(cache_root / "train", seed=cfg.optim.seed)
-        val_set = CachedViews(cache_root / "validation", seed=cfg.optim.seed)
+        train_set = CachedViews(cache_root / "train", seed=cfg.optim.seed, cases=set(split["train"]))
+        val_set = CachedViews(cache_root / "validation", seed=cfg.optim.seed, cases=set(split["validation"]))
     else:
         train_set = AugmentedSlices(train_samples, aug_cfg, cfg.optim.seed)
         val_set = AugmentedSlices(val_samples, aug_cfg, cfg.optim.seed, train=False)
-    val_set = WithCase(val_set, [s.case for s in val_samples])
+    val_set = WithCase(val_set, val_set.cases if use_cache else [s.case for s in val_samples])
 
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.optim.seed) \
         if world > 1 else None
@@ -225,6 +225,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
             ds.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
+        # shuffle order from (seed, epoch) alone: a resumed run replays the same batches as an uninterrupted one
+        generator.manual_seed(cfg.optim.seed + epoch)
         totals, count, step = {}, 0, 0
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(train_loader):

@@ -43,6 +43,17 @@ class ImageEncoder(nn.Module):
         for index, params in enumerate(self._stages):
             for p in params:
                 p.requires_grad_(index >= first_trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # BatchNorm layers of frozen stages stay in eval mode: otherwise training would overwrite their
+        # pretrained running statistics (and normalise with batch statistics) while the weights stay fixed
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                    not any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.eval()
+        return self
 
     @property
     def num_stages(self) -> int:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
+from ..errors import ScarNetError
 from ..io import read_image
 from .compute import quantify
 from .report import bullseye_title, paths_beside_table, write_report_files
@@ -26,6 +29,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="also threshold n-SD (2, 3, 5, 6) and FWHM inside the labelled myocardium")
     parser.add_argument("--remote", metavar="MASK",
                         help="remote (healthy) myocardium mask for n-SD; default: automatic, see the docs")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=run)
     return parser
 
@@ -38,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
                       insertion_point=tuple(args.insertion_point) if args.insertion_point else None,
                       classical=args.classical, remote_mask=remote)
     paths = paths_beside_table(args.table, result)
+    existing = [p for p in paths.values() if Path(p).exists()]
+    if existing and not getattr(args, "overwrite", False):
+        raise ScarNetError(f"{existing[0]} already exists; choose another --table name or pass --overwrite "
+                           "(earlier results are never replaced silently)")
     write_report_files(result, paths, title=_stem(args.labels))
     print(bullseye_title(result, _stem(args.labels)))
     g = result.global_metrics

@@ -148,15 +148,37 @@ class ScarNetLogic:
 
     def applyLabels(self, inputVolumeNode, labels: sitk.Image, outputSegmentationNode=None, overwrite: bool = False,
                     modelInfo: Optional[dict] = None, device: str = ""):
-        """Write a label image (ScarNet convention, on the input's grid) into a segmentation node."""
-        scene = inputVolumeNode.GetScene()
+        """Apply a ScarNet result to the scene and return the segmentation node (new unless one is given).
+
+        The one step after the Segmenter returns, used by process() and by background jobs alike:
+        `labels` is a label image in ScarNetCore's convention (uint8 0 background, 1 LV blood pool,
+        2 healthy myocardium, 3 scar, 4 MVO) on exactly the input volume's voxel grid, e.g.
+        ``Segmenter.segment(image).labels`` or a known label volume. It becomes the four ScarNet
+        segments (names, colours, terminology) on the input's grid, tagged as ScarNet's work
+        (content fingerprint, input volume, `modelInfo`). Refuses (ScarNetSceneError) an edited or
+        foreign output unless overwrite=True, and (InputError) labels off the grid or outside 0..4;
+        on any error the scene is left as it was.
+        """
+        scene = inputVolumeNode.GetScene() if inputVolumeNode is not None else None
         if scene is None:
             raise ScarNetSceneError("The input volume is no longer in the scene; the result was not applied.")
+        if labels is None or labels.GetNumberOfComponentsPerPixel() != 1 or \
+                labels.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
+                                            sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64):
+            raise InputError("The segmentation result is not a single-component integer label image; "
+                             "it was not applied.")
         if not volumeNodeGeometryMatches(inputVolumeNode, labels):
-            raise ScarNetSceneError("The segmentation result does not lie on the input volume's voxel grid; "
-                                    "it was not applied (this is a bug - please report it).")
+            raise InputError("The segmentation result does not lie on the input volume's voxel grid; "
+                             "it was not applied.")
+        labelArray = sitk.GetArrayFromImage(labels)
+        unknown = sorted(set(np.unique(labelArray).tolist()) - {0, *(d.label for d in SEGMENT_DEFINITIONS)})
+        if unknown:
+            raise InputError(f"The segmentation result holds label values {unknown[:5]} outside ScarNet's 0..4; "
+                             "it was not applied.")
+        if outputSegmentationNode is not None and outputSegmentationNode.GetScene() is not scene:
+            raise ScarNetSceneError("The output segmentation is not in the input volume's scene.")
         self.checkOutputWritable(outputSegmentationNode, overwrite)
-        labelArray = sitk.GetArrayFromImage(labels).astype(np.uint8)
+        labelArray = labelArray.astype(np.uint8)
         created = outputSegmentationNode is None
         node = outputSegmentationNode
         try:

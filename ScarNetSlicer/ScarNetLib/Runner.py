@@ -166,10 +166,8 @@ class SubprocessRunner:
 
     CANCEL_GRACE_SECONDS = 10.0  # cooperative cancel first (between batches), then kill
 
-    def __init__(self, pythonExecutable: Optional[str] = None, segmenterFactory: Optional[str] = None,
-                 workDir: Optional[str] = None):
+    def __init__(self, pythonExecutable: Optional[str] = None, workDir: Optional[str] = None):
         self.pythonExecutable = pythonExecutable or defaultPythonExecutable()
-        self.segmenterFactory = segmenterFactory  # "module:callable" importable in the child (tests)
         self._workDirParent = workDir
         self._process: Optional[subprocess.Popen] = None
         self._dir: Optional[Path] = None
@@ -185,8 +183,6 @@ class SubprocessRunner:
                    "--device", device, "--batch-size", str(int(batchSize))]
         if modelPath:
             command += ["--model", str(modelPath)]
-        if self.segmenterFactory:
-            command += ["--segmenter-factory", self.segmenterFactory]
         env = dict(os.environ, PYTHONPATH=_pythonPathForWorker(), PYTHONUNBUFFERED="1")
         self._log = open(self._dir / "worker.log", "wb")
         creationFlags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console flashing up on Windows

@@ -6,7 +6,6 @@ The status file is replaced atomically, so the parent never reads half a file.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -28,19 +27,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--segmenter-factory", default=None, help="module:callable (tests)")
     args = parser.parse_args(argv)
     status, cancelFile = Path(args.status), Path(args.cancel_file)
     writeStatus(status, state="running", done=0, total=0)
     try:
         import SimpleITK as sitk
         from ScarNetCore.errors import Cancelled
-        if args.segmenter_factory:
-            moduleName, attribute = args.segmenter_factory.split(":")
-            factory = getattr(importlib.import_module(moduleName), attribute)
-        else:
-            from ScarNetCore.inference import Segmenter as factory
-        segmenter = factory(args.model, args.device)
+        from ScarNetCore.inference import Segmenter
+        segmenter = Segmenter(model_path=args.model, device=args.device)
         image = sitk.ReadImage(args.input)
 
         def progress(done, total):

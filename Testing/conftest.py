@@ -1,0 +1,115 @@
+"""Shared fixtures for the engine tests.
+
+Inference costs about a second per slice on a laptop CPU (the TinyViT encoder), so the expensive
+objects are session-scoped and tests segment two-slice extracts of the real EMIDEC volumes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emidec"
+VOLUMES = DATA_ROOT / "volumes"
+SLICE_IMAGES = DATA_ROOT / "slices" / "images"
+POSITIVE_IMAGE = VOLUMES / "samplePositive_image.nii.gz"
+NEGATIVE_IMAGE = VOLUMES / "sampleNegative_image.nii.gz"
+
+needs_data = pytest.mark.skipif(not POSITIVE_IMAGE.exists(), reason=f"EMIDEC sample volumes not found at {VOLUMES}")
+
+
+def _read(path: Path) -> sitk.Image:
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # "unexpected scales in sform" on every EMIDEC read
+    return sitk.ReadImage(str(path))
+
+
+@pytest.fixture(scope="session")
+def model_and_path(tmp_path_factory):
+    """A real ScarNet (pretrained LiteMedSAM encoder, seeded random U-Net) and its checkpoint file.
+
+    The trained model is not bundled yet; geometry, CLI, cancel and file-handling behaviour do not
+    depend on the weights being trained. Do not train or modify the returned model.
+    """
+    import torch
+
+    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model import ScarNet, ScarNetConfig
+
+    torch.manual_seed(0)
+    model = ScarNet(ScarNetConfig()).eval()
+    path = save_checkpoint(tmp_path_factory.mktemp("model") / "model.safetensors", model, name="test-random")
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def model_path(model_and_path) -> Path:
+    return model_and_path[1]
+
+
+@pytest.fixture(scope="session")
+def segmenter(model_path):
+    """fp32 on CPU: deterministic across runs and machines (auto picks bf16 where the CPU has it)."""
+    from ScarNetCore.inference import Segmenter
+    return Segmenter(model_path, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def positive_image() -> sitk.Image:
+    if not POSITIVE_IMAGE.exists():
+        pytest.skip(f"EMIDEC sample not found at {VOLUMES}")
+    return _read(POSITIVE_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def negative_image() -> sitk.Image:
+    if not NEGATIVE_IMAGE.exists():
+        pytest.skip(f"EMIDEC sample not found at {VOLUMES}")
+    return _read(NEGATIVE_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def positive_slab(positive_image) -> sitk.Image:
+    """Two mid-ventricular slices of samplePositive: full in-plane grid, real spacing and direction."""
+    return positive_image[:, :, 3:5]
+
+
+@pytest.fixture(scope="session")
+def negative_slab(negative_image) -> sitk.Image:
+    return negative_image[:, :, 4:6]
+
+
+@pytest.fixture(scope="session")
+def positive_slab_result(segmenter, positive_slab):
+    """Segmentation of positive_slab (batch_size 1) with the progress calls it made; shared by tests."""
+    calls = []
+    result = segmenter.segment(positive_slab, progress=lambda done, total: calls.append((done, total)), batch_size=1)
+    return result, calls
+
+
+@pytest.fixture
+def write_volume(tmp_path):
+    """write_volume(name, image_or_array) -> path of a .nii.gz (or the given suffix) in tmp_path."""
+    def write(name: str, image) -> Path:
+        if isinstance(image, np.ndarray):
+            image = sitk.GetImageFromArray(image)
+        path = tmp_path / name
+        sitk.WriteImage(image, str(path))
+        return path
+    return write
+
+
+@pytest.fixture(scope="session")
+def inference_model_path(request) -> Path:
+    """The model file for tests that run real inference through an application layer (Slicer logic).
+
+    The bundled trained model when it is present (ScarNetCore.resources.default_model_path()), else
+    the session's random checkpoint (model_path, created only when needed). Such tests check how
+    results travel (geometry, voxel-exact transfer, progress, cancel), which needs a real model but
+    not a trained one; tests that need trained weights use the bundled model and skip without it.
+    """
+    from ScarNetCore.resources import default_model_path
+
+    bundled = default_model_path()
+    return bundled if bundled.is_file() else request.getfixturevalue("model_path")
