@@ -56,9 +56,12 @@ def uiTree():
 def panel(uiTree):
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     loader = QtUiTools.QUiLoader()
-    for custom in uiTree.getroot().iter("customwidget"):
-        name, base = custom.findtext("class"), custom.findtext("extends")
-        loader.registerCustomWidget(type(name, (getattr(QtWidgets, base),), {}))
+    # Keep the stand-in classes referenced: registerCustomWidget does not, and a class is only freed
+    # by the cyclic GC - if that runs before load() (timing depends on earlier tests), load() crashes.
+    standIns = [type(c.findtext("class"), (getattr(QtWidgets, c.findtext("extends")),), {})
+                for c in uiTree.getroot().iter("customwidget")]
+    for cls in standIns:
+        loader.registerCustomWidget(cls)
     file = QtCore.QFile(str(UI_PATH))
     assert file.open(QtCore.QIODevice.ReadOnly)
     widget = loader.load(file)

@@ -80,4 +80,4 @@ class CachedViews(torch.utils.data.Dataset):
         index = self.indices[index]
         return {"image": torch.from_numpy(view["images"][index].astype(np.float32))[None],
                 "mask": torch.from_numpy(view["masks"][index].astype(np.int64)),
-                "features": torch.from_numpy(np.asarray(view["features"][index]))}
+                "features": torch.from_numpy(np.array(view["features"][index]))}  # copy: the cache is read-only

@@ -52,7 +52,8 @@ def loadPanel(uiPath: Path = UI_PATH):
     from PySide6 import QtCore, QtUiTools, QtWidgets
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     loader = QtUiTools.QUiLoader()
-    for cls in standInClasses():
+    standIns = standInClasses()  # referenced until load(): registerCustomWidget keeps no reference
+    for cls in standIns:
         loader.registerCustomWidget(cls)
     file = QtCore.QFile(str(uiPath))
     file.open(QtCore.QIODevice.ReadOnly)
