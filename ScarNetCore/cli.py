@@ -19,14 +19,6 @@ from .errors import ScarNetError
 OUTPUT_SUFFIXES = ("_seg.nii.gz", "_scar.csv", "_scar_slices.csv", "_scar_segments.csv", "_bullseye.png")
 
 
-def input_name(path: str) -> str:
-    name = Path(str(path).rstrip("/")).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 class _ProgressBar:
     def __init__(self, name: str):
         from tqdm import tqdm
@@ -44,10 +36,10 @@ class _ProgressBar:
 def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite: bool,
                 insertion_point=None, overlay: bool = False, pixel_spacing: float | None = None) -> dict:
     """Segment one input and write its label volume, tables and bullseye; returns the written paths."""
-    from .io import read_image, write_image_atomic
+    from .io import input_stem, read_image, write_image_atomic
     from .quantify import quantify, write_reports
 
-    name = input_name(path)
+    name = input_stem(path)
     existing = [out_dir / f"{name}{s}" for s in OUTPUT_SUFFIXES if (out_dir / f"{name}{s}").exists()]
     if existing and not overwrite:
         raise ScarNetError(f"{existing[0]} already exists; choose another -o folder or pass --overwrite "

@@ -11,6 +11,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
 
 
@@ -28,6 +30,8 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); results get the usual permissions of a new file
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -38,6 +42,15 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
     return Path(path)
+
+
+def input_stem(path: str | os.PathLike) -> str:
+    """Name of an input without folders and image suffix: the prefix of every output written for it."""
+    name = Path(str(path).rstrip("/")).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:

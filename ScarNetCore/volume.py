@@ -5,14 +5,19 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def slice_axis(image: sitk.Image) -> int:
-    """Numpy axis (z, y, x order) of the acquisition direction: the index axis with the largest spacing.
+def slice_index_axis(spacing_xyz) -> int:
+    """Index axis (0 = i/x, 1 = j/y, 2 = k/z) of the acquisition direction: the largest spacing.
 
     Short-axis LGE stacks have 5–10 mm between slices and ~1–2 mm in plane; ties (isotropic data)
-    fall back to the slowest axis, the usual slice order of a stack.
+    go to the highest axis (k), the usual slice order of a stack.
     """
-    spacing_zyx = image.GetSpacing()[::-1]
-    return int(np.argmax(np.round(spacing_zyx, 6)))
+    spacing = np.asarray(spacing_xyz, float)
+    return int(max(d for d in range(len(spacing)) if spacing[d] >= spacing.max() * (1 - 1e-6)))
+
+
+def slice_axis(image: sitk.Image) -> int:
+    """Numpy axis (z, y, x order) of the acquisition direction, see slice_index_axis."""
+    return image.GetDimension() - 1 - slice_index_axis(image.GetSpacing())
 
 
 def split_slices(array_zyx: np.ndarray, image: sitk.Image, axis: int):

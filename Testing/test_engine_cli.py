@@ -215,3 +215,16 @@ def test_model_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert NOT_A_CHECKPOINT.search(_assert_model_rejected(capsys, text, tmp_path / "a.nii.gz", tmp_path / "o2"))
     missing = tmp_path / "nowhere.safetensors"
     assert "not found" in _assert_model_rejected(capsys, missing, tmp_path / "a.nii.gz", tmp_path / "o3")
+
+
+def test_info_prints_parameters_and_flops(capsys, model_and_path):
+    from ScarNetCore.cli import main
+    from ScarNetCore.model import count_parameters
+
+    model, path = model_and_path
+    assert main(["info", "--model", str(path)]) == 0
+    out = capsys.readouterr().out
+    counts = count_parameters(model)
+    assert f"{counts['total']:,} total" in out and f"{counts['encoder']:,} encoder" in out
+    gflop = float(out.split("FLOPs per slice: ")[1].split(" GFLOP")[0])
+    assert 1.0 < gflop < 200.0  # a 256×256 TinyViT + U-Net pass: tens of GFLOPs, not zero or absurd

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import sys
 import time
@@ -29,9 +28,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "ScarNetSlicer")]
 
-slicer = pytest.importorskip("slicer")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("the 'slicer' module found is not slicer-core (pip install slicer-core)", allow_module_level=True)
+import slicer  # noqa: E402  (slicer-core, a test requirement: a missing install must fail, not skip)
+
+assert hasattr(slicer, "vtkMRMLScene"), "the 'slicer' module found is not slicer-core (pip install slicer-core)"
 import SimpleITK as sitk  # noqa: E402
 import vtk  # noqa: E402
 
@@ -44,7 +43,6 @@ from ScarNetLib.Parameter import modelPathOrNone  # noqa: E402
 from ScarNetLib.Segments import (SEGMENT_DEFINITIONS, TERMINOLOGY_CONTEXT, labelArrayFromSegmentation,  # noqa: E402
                                  terminologyFilePath, vtkTag)
 
-HAVE_QUANTIFY = importlib.util.find_spec("ScarNetCore.quantify") is not None
 OBLIQUE = sitk.VersorTransform((0.3, 0.5, 0.8), 0.6).GetMatrix()
 SEGMENT_NAMES = ["LV blood pool", "Healthy myocardium", "Scar", "MVO"]
 KNOWN = {"name": "known labels"}  # modelInfo recorded for applied known label volumes
@@ -278,7 +276,6 @@ def eraseHalf(segmentationNode, segmentId):
     return before - int(mask.sum())
 
 
-@pytest.mark.skipif(not HAVE_QUANTIFY, reason="ScarNetCore.quantify not available")
 def test_quantify_follows_manual_edits(logic, tmp_path):
     scene, volume, labels, image = makeScene()
     segmentationNode = applyKnown(logic, volume, labels)
@@ -603,7 +600,6 @@ def test_subprocess_runner_reports_engine_errors(sampleSlab, tmp_path):
 
 # ------------------------------------------------- end to end: the bundled model on the sample
 @pytest.mark.skipif(not default_model_path().is_file(), reason=f"bundled ScarNet model absent ({default_model_path()})")
-@pytest.mark.skipif(not HAVE_QUANTIFY, reason="ScarNetCore.quantify not available")
 def test_bundled_model_on_sample(sampleImage):
     """The self-test scenario (ScarNetTest in ScarNet.py): sample -> four segments -> table = quantify."""
     from ScarNetCore.quantify import quantify

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-QtWidgets = pytest.importorskip("PySide6.QtWidgets")
-from PySide6 import QtCore, QtUiTools  # noqa: E402
+from PySide6 import QtCore, QtUiTools, QtWidgets  # noqa: E402  (a test requirement: fail, not skip, if missing)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "ScarNetSlicer"

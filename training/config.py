@@ -37,12 +37,12 @@ class OptimConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"               # cosine | constant
     warmup_epochs: int = 1
-    epochs: int = 40
+    epochs: int = 60
     amp: str = "bf16"                      # bf16 | fp16 (CUDA) | none
     seed: int = 2026
     workers: int = 0
     cache_features: bool = True            # frozen encoder: encode each augmented view once
-    cache_views: int = 3
+    cache_views: int = 2
     max_steps_per_epoch: int | None = None
 
 

@@ -53,11 +53,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from ScarNetCore.errors import ScarNetError
 from ScarNetCore.io import atomic_path
-from ScarNetCore.labels import mvo_mask, myocardium_mask, scar_mask
+from ScarNetCore.labels import myocardium_mask, scar_mask
 from training.data import SLICE_NAME, VOLUME_SUFFIXES, remap_labels
-from training.metrics import dice
-
-STRUCTURES = {"myocardium": myocardium_mask, "scar": scar_mask, "mvo": mvo_mask}
+from training.metrics import STRUCTURES, dice
 LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")
 DEFAULT_THICKNESS_MM = 10.0
 

@@ -42,9 +42,10 @@ def main(argv=None):
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--licence", required=True)
-    parser.add_argument("--metrics", type=Path, help="JSON to store under metadata 'metrics' (e.g. test summary)")
+    parser.add_argument("--metrics", type=Path, help="JSON of named metric sets to add to metadata 'metrics' "
+                        "(e.g. {\"test\": {...}})")
     args = parser.parse_args(argv)
-    metrics = {"test": json.loads(args.metrics.read_text())} if args.metrics else None
+    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     digest = export(args.source, args.target, args.name, args.version, args.licence, metrics)
     print(f"{args.target}: {args.target.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
     return 0

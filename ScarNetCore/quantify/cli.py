@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ScarNetError
-from ..io import read_image
+from ..io import input_stem, read_image
 from .compute import quantify
 from .report import bullseye_title, paths_beside_table, write_report_files
 
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if existing and not getattr(args, "overwrite", False):
         raise ScarNetError(f"{existing[0]} already exists; choose another --table name or pass --overwrite "
                            "(earlier results are never replaced silently)")
-    write_report_files(result, paths, title=_stem(args.labels))
-    print(bullseye_title(result, _stem(args.labels)))
+    write_report_files(result, paths, title=input_stem(args.labels))
+    print(bullseye_title(result, input_stem(args.labels)))
     g = result.global_metrics
     if g.get("myocardium_ml") is not None:
         print(f"LV myocardium {g['myocardium_ml']:.1f} mL ({g['myocardium_g']:.1f} g), "
@@ -61,10 +61,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     return 0
 
-
-def _stem(path: str) -> str:
-    name = str(path).rstrip("/").split("/")[-1]
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name

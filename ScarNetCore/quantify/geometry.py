@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..volume import slice_index_axis
 import SimpleITK as sitk
 
 # LPS unit vectors of the directions that matter anatomically.
@@ -124,8 +126,5 @@ class StackGeometry:
 
 
 def choose_slice_axis(spacing: np.ndarray) -> int:
-    """The index axis with the largest spacing; ties go to the highest axis (k in a usual stack)."""
-    spacing = np.asarray(spacing, float)
-    largest = spacing.max()
-    candidates = [d for d in range(3) if spacing[d] >= largest * (1 - 1e-6)]
-    return candidates[-1]
+    """The segmentation's own rule (ScarNetCore.volume), so per-slice rows follow the same slices."""
+    return slice_index_axis(spacing)
