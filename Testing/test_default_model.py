@@ -89,3 +89,14 @@ def test_demo_runs_from_the_bundled_files(tmp_path):
     counted = float(scar_mask(sitk.GetArrayFromImage(labels)).sum()) * voxel_ml
     assert float(row["scar_ml"]) == pytest.approx(counted, rel=1e-6)
     assert "scar" in run.stdout and str(out) in run.stdout
+
+
+@needs_data
+def test_bf16_stays_within_the_documented_tolerance_of_fp32():
+    """autocast_dtype's documented tolerance: ≥ 99.9 % of all voxels equal to the fp32 labels."""
+    from ScarNetCore.inference import Segmenter
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    image = sitk.ReadImage(str(POSITIVE_IMAGE))[:, :, 2:5]
+    fp32 = sitk.GetArrayFromImage(Segmenter(None, "cpu", "fp32").segment(image).labels)
+    bf16 = sitk.GetArrayFromImage(Segmenter(None, "cpu", "bf16").segment(image).labels)
+    assert (fp32 == bf16).mean() >= 0.999
