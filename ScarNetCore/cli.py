@@ -6,7 +6,6 @@ input and goes on with the next; the exit status is 1 if any input failed.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import traceback
 from pathlib import Path

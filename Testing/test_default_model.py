@@ -6,7 +6,6 @@ Resources/MODEL_CARD.md); they fail if the bundled weights or the inference pipe
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 

@@ -9,7 +9,7 @@ Defaults follow the reference: λ = 0.5 / 0.4 / 0.1, α = 0.7, β = 0.3, γ = 0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn

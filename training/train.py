@@ -104,9 +104,9 @@ def validate(model, loader, device, autocast) -> dict:
     model.eval()
     per_case_pred, per_case_ref = {}, {}
     for batch in loader:
+        features = batch["features"].to(device) if "features" in batch else None
         with autocast():
-            logits = model(batch["image"].to(device), batch.get("features", None) if "features" not in batch
-                           else batch["features"].to(device))
+            logits = model(batch["image"].to(device), features)
         pred = logits.argmax(1).cpu().numpy()
         for case, p, r in zip(batch["case"], pred, batch["mask"].numpy()):
             per_case_pred.setdefault(case, []).append(p)
@@ -221,8 +221,7 @@ def run(cfg: TrainConfig, log=print) -> Path:
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.time()
         net.train()
-        for ds in (train_set,):
-            ds.set_epoch(epoch)
+        train_set.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
         # shuffle order from (seed, epoch) alone: a resumed run replays the same batches as an uninterrupted one

@@ -1,7 +1,7 @@
 """ScarNet: a pretrained ViT encoder (global context) fused into a U-Net (localisation)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

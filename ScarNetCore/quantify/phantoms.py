@@ -37,7 +37,7 @@ def ring_phantom(r_inner: float = 20.0, r_outer: float = 30.0, spacing=(1.0, 1.0
                  scar_from_deg: float = 0.0, scar_to_deg: float = 120.0, scar_depth_mm: float | None = None,
                  mvo_depth_mm: float = 0.0, direction=None, origin=(0.0, 0.0, 0.0)) -> RingPhantom:
     nx, ny = inplane_size
-    nz = cavity_slices + cap_slices
+
     sx, sy, _ = spacing
     x = (np.arange(nx) - (nx - 1) / 2.0) * sx
     y = (np.arange(ny) - (ny - 1) / 2.0) * sy
