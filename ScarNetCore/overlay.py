@@ -44,7 +44,9 @@ def write_overlay(image: sitk.Image, labels: sitk.Image, path: str | Path, title
         for value, colour in COLOURS.items():
             rgba[lab[i] == value] = (*colour, 0.45)
         ax.imshow(rgba, aspect=aspect, interpolation="nearest")
-        ax.set_title(f"slice {i}", fontsize=9)
+        # label inside the panel: titles above panels collide with the row above at tight spacing
+        ax.text(0.02, 0.98, f"slice {i}", transform=ax.transAxes, va="top", color="white", fontsize=9,
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
     fig.legend(handles=[Patch(color=c, label=CLASS_NAMES[v]) for v, c in COLOURS.items()], loc="lower center",
                ncol=4, fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=11)
