@@ -22,6 +22,11 @@ SLICE_NAME = re.compile(r"^(?P<case>.+?)_slice(?P<index>\d+)\.png$", re.IGNORECA
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
+def volume_stem(name: str) -> str | None:
+    """File name without its volume suffix (the case id), or None for a file that is not a volume."""
+    return next((name[: -len(s)] for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+
+
 @dataclass
 class SliceSample:
     case: str
@@ -83,8 +88,8 @@ def read_volume_folder(root: str | Path, config: PreprocessConfig = PreprocessCo
                        label_map: dict[int, int] | None = None, cases: set[str] | None = None) -> list[SliceSample]:
     root = Path(root)
     samples = []
-    for image_path in sorted(p for p in (root / "images").iterdir() if p.name.endswith(VOLUME_SUFFIXES)):
-        case = next(image_path.name[: -len(s)] for s in VOLUME_SUFFIXES if image_path.name.endswith(s))
+    for image_path in sorted(p for p in (root / "images").iterdir() if volume_stem(p.name) is not None):
+        case = volume_stem(image_path.name)
         if cases is not None and case not in cases:
             continue
         mask_path = root / "masks" / image_path.name
@@ -115,5 +120,4 @@ def case_ids(root: str | Path, layout: str) -> list[str]:
     root = Path(root)
     if layout == "slices":
         return sorted({SLICE_NAME.match(p.name)["case"] for p in (root / "images").glob("*.png") if SLICE_NAME.match(p.name)})
-    return sorted(next(p.name[: -len(s)] for s in VOLUME_SUFFIXES if p.name.endswith(s))
-                  for p in (root / "images").iterdir() if p.name.endswith(VOLUME_SUFFIXES))
+    return sorted(stem for p in (root / "images").iterdir() if (stem := volume_stem(p.name)) is not None)

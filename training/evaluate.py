@@ -54,7 +54,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from ScarNetCore.errors import ScarNetError
 from ScarNetCore.io import atomic_path
 from ScarNetCore.labels import myocardium_mask, scar_mask
-from training.data import SLICE_NAME, VOLUME_SUFFIXES, remap_labels
+from training.data import SLICE_NAME, remap_labels, volume_stem
 from training.metrics import STRUCTURES, dice
 LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")
 DEFAULT_THICKNESS_MM = 10.0
@@ -114,20 +114,16 @@ def read_slice_cases(root: Path, case_ids: list[str], in_plane_mm: float, thickn
         yield Case(case, image, np.stack(masks), spacing_xyz[::-1])
 
 
-def _volume_stem(name: str) -> str | None:
-    return next((name[: -len(s)] for s in VOLUME_SUFFIXES if name.endswith(s)), None)
-
-
 def volume_pairs(root: Path) -> dict[str, tuple[Path, Path]]:
     """case id → (image path, label path), for either volume layout."""
     pairs = {}
     if (root / "images").is_dir():
         for path in sorted((root / "images").iterdir()):
-            stem = _volume_stem(path.name)
+            stem = volume_stem(path.name)
             if stem is not None:
                 pairs[stem] = (path, root / "masks" / path.name)
         return pairs
-    files = {_volume_stem(p.name): p for p in sorted(root.iterdir()) if _volume_stem(p.name) is not None}
+    files = {volume_stem(p.name): p for p in sorted(root.iterdir()) if volume_stem(p.name) is not None}
     for stem, path in files.items():
         if stem.endswith("_image"):
             case = stem[: -len("_image")]
