@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(not SLICES.is_dir(), reason=f"EMIDEC slices not 
 
 
 def tiny_config(out: Path, split: Path, **optim) -> dict:
+    # augment_cached off (the default): 4 unaugmented slices, so the loss must fall every epoch
     settings = {"batch_size": 2, "epochs": EPOCHS, "lr": 0.02, "schedule": "constant", "warmup_epochs": 0,
-                "amp": "none", "cache_features": True, "cache_views": 1, "seed": 7}
+                "amp": "none", "cache_features": True, "cache_views": 1, "augment_cached": False, "seed": 7}
     settings.update(optim)
     return {"output_dir": str(out),
             "data": {"root": str(SLICES), "layout": "slices", "split_file": str(split), "max_slices": 4},
@@ -91,6 +92,24 @@ def test_tiny_config_learns(reference_run):
     assert 1 <= meta["metrics"]["validation"]["epoch"] <= EPOCHS
     state = torch.load(reference_run / STATE_FILE, weights_only=True)
     assert state["epoch"] == EPOCHS - 1 and len(state["history"]) == EPOCHS
+
+
+def test_init_checkpoint_starts_from_its_weights(workspace, reference_run):
+    # lr 0 (AdamW's decoupled weight decay scales with lr too): a trained epoch must leave the
+    # initial weights untouched, so the saved model is exactly the checkpoint it started from.
+    # augment_cached on: the on-the-fly path of the CPU recipe runs end to end.
+    start = reference_run / "best.safetensors"
+    out, config = new_run(workspace, "init", epochs=1, lr=0.0, augment_cached=True)
+    run(TrainConfig.load(config, [f"model.init_checkpoint={start}"]))
+    initial, saved = trained_parameters(start), trained_parameters(out / "last.safetensors")
+    assert initial.keys() == saved.keys()
+    for key, value in initial.items():
+        torch.testing.assert_close(saved[key], value, rtol=0, atol=0, msg=key)
+    best = trained_parameters(out / "best.safetensors")
+    assert all(torch.equal(best[k], initial[k]) for k in initial)
+    with pytest.raises(ValueError, match="base_channels"):
+        run(TrainConfig.load(config, [f"model.init_checkpoint={start}", "model.base_channels=8",
+                                      f"output_dir={out.parent / 'init_mismatch'}"]))
 
 
 def test_resume_after_kill_matches_uninterrupted_run(workspace, reference_run):

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,41 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentC
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()):
     image, mask = augment_geometry(image, mask, rng, cfg)
     return augment_intensity(image, rng, cfg), mask
+
+
+def warp_features(features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Resample an encoder feature map [C, h, w] with the sampling map `coords` [2, H, W] of its image.
+
+    Each feature cell covers an H/h × W/w patch of the image: the map is read at the cell centres and
+    converted to feature-cell units, so the features move exactly as the image content under them.
+    """
+    c, h, w = features.shape
+    sy, sx = coords.shape[1] / h, coords.shape[2] / w
+    centres = np.stack(np.meshgrid((np.arange(h) + 0.5) * sy - 0.5, (np.arange(w) + 0.5) * sx - 0.5, indexing="ij"))
+    source = np.stack([ndimage.map_coordinates(coords[a], centres, order=1, mode="nearest") for a in range(2)])
+    # image pixel → grid_sample's [-1, 1] (align_corners=False: −1 and 1 are the outer edges)
+    grid = np.stack([(source[1] + 0.5) / coords.shape[2] * 2 - 1, (source[0] + 0.5) / coords.shape[1] * 2 - 1], -1)
+    # torch's bilinear sampler: one vectorised call for all channels (a TinyViT map is 256 × 64 × 64);
+    # border padding: beyond the field of view the encoder saw background, not zeros
+    warped = F.grid_sample(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None],
+                           torch.from_numpy(grid.astype(np.float32))[None], mode="bilinear",
+                           padding_mode="border", align_corners=False)
+    return warped[0].numpy()
+
+
+def augment_cached(image: np.ndarray, mask: np.ndarray, features: np.ndarray, rng: np.random.Generator,
+                   cfg: AugmentConfig, intensity: bool = True):
+    """Augment a cached view on the fly: geometry moves image, mask and encoder features alike.
+
+    Intensity changes reach only the image (the frozen encoder saw the cached view), so the U-Net
+    pathway meets fresh contrast, noise and blur every epoch while the features stay consistent
+    with the anatomy. Views that were intensity-augmented before encoding pass `intensity=False`.
+    """
+    coords = _sampling_grid(image.shape, rng, cfg)
+    if coords is not None:
+        image = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
+        mask = ndimage.map_coordinates(mask, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+        features = warp_features(features, coords)
+    if intensity:
+        image = augment_intensity(image, rng, cfg)
+    return image, mask, features

@@ -25,6 +25,7 @@ class ModelConfig:
     encoder_input_size: int | None = None
     base_channels: int = 16
     trainable_encoder_stages: int = 0      # 0 frozen, N = last N stages, -1 = all (GPU full fine-tuning)
+    init_checkpoint: str | None = None     # start from this ScarNet .safetensors (e.g. the bundled model)
 
 
 @dataclass
@@ -38,11 +39,12 @@ class OptimConfig:
     schedule: str = "cosine"               # cosine | constant
     warmup_epochs: int = 1
     epochs: int = 60
-    amp: str = "bf16"                      # bf16 | fp16 (CUDA) | none
+    amp: str = "auto"                      # auto (bf16 where native, fp16/bf16 on CUDA) | bf16 | fp16 (CUDA) | none
     seed: int = 2026
     workers: int = 0
     cache_features: bool = True            # frozen encoder: encode each augmented view once
     cache_views: int = 2
+    augment_cached: bool = False           # augment cached views again on the fly (features follow the geometry)
     max_steps_per_epoch: int | None = None
 
 
