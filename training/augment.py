@@ -75,13 +75,15 @@ def _sampling_grid(shape, rng: np.random.Generator, cfg: AugmentConfig) -> np.nd
     return coords
 
 
-def augment_geometry(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig):
-    coords = _sampling_grid(image.shape, rng, cfg)
-    if coords is None:
-        return image, mask
+def _resample(image: np.ndarray, mask: np.ndarray, coords: np.ndarray):
     image = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
     mask = ndimage.map_coordinates(mask, coords, order=0, mode="constant", cval=0)
     return image.astype(np.float32), mask.astype(np.uint8)
+
+
+def augment_geometry(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig):
+    coords = _sampling_grid(image.shape, rng, cfg)
+    return (image, mask) if coords is None else _resample(image, mask, coords)
 
 
 def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -148,8 +150,7 @@ def augment_cached(image: np.ndarray, mask: np.ndarray, features: np.ndarray, rn
     """
     coords = _sampling_grid(image.shape, rng, cfg)
     if coords is not None:
-        image = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
-        mask = ndimage.map_coordinates(mask, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+        image, mask = _resample(image, mask, coords)
         features = warp_features(features, coords)
     if intensity:
         image = augment_intensity(image, rng, cfg)
