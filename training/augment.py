@@ -126,7 +126,7 @@ def warp_features(features: np.ndarray, coords: np.ndarray) -> np.ndarray:
     Each feature cell covers an H/h × W/w patch of the image: the map is read at the cell centres and
     converted to feature-cell units, so the features move exactly as the image content under them.
     """
-    c, h, w = features.shape
+    _, h, w = features.shape
     sy, sx = coords.shape[1] / h, coords.shape[2] / w
     centres = np.stack(np.meshgrid((np.arange(h) + 0.5) * sy - 0.5, (np.arange(w) + 0.5) * sx - 0.5, indexing="ij"))
     source = np.stack([ndimage.map_coordinates(coords[a], centres, order=1, mode="nearest") for a in range(2)])

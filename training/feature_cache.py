@@ -93,10 +93,10 @@ class CachedViews(torch.utils.data.Dataset):
         view, index = self.views[number], self.indices[index]
         image = view["images"][index].astype(np.float32)
         mask = np.asarray(view["masks"][index])
-        features = np.array(view["features"][index])  # copy: the cache is read-only
+        features = view["features"][index].astype(np.float32)  # a copy: the cache is read-only
         if self.augment is not None:
             # view 0 is the plain slice; later views were intensity-augmented before encoding
             image, mask, features = augment_cached(image, mask, features, rng, self.augment, intensity=number == 0)
         return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
                 "mask": torch.from_numpy(mask.astype(np.int64)),
-                "features": torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))}
+                "features": torch.from_numpy(features)}

@@ -88,8 +88,8 @@ def initialise_from(model: ScarNet, checkpoint: str) -> None:
     source, meta = load_checkpoint(checkpoint)
     theirs = ScarNetConfig.from_dict(meta["config"])
     if theirs != model.config:
-        differ = {k: (v, getattr(model.config, k)) for k, v in theirs.to_dict().items()
-                  if v != model.config.to_dict()[k]}
+        ours = model.config.to_dict()
+        differ = {k: (v, ours[k]) for k, v in theirs.to_dict().items() if v != ours[k]}
         raise ValueError(f"model.init_checkpoint {checkpoint}: its network differs from the config "
                          f"(checkpoint vs config: {differ}); set the model keys to match it")
     model.load_state_dict(source.state_dict())
