@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import CheckpointError
 from .io import atomic_path, sha256_of
+from .cascade import LOCATE, SEGMENT, CascadeParams, ScarNetCascade, StageGeometry
 from .labels import CLASS_NAMES
 from .model import ScarNet, ScarNetConfig
 from .model.encoders import load_state_strict
@@ -24,22 +25,32 @@ from .preprocessing import PreprocessConfig
 
 FORMAT = "scarnet-checkpoint/1"
 METADATA_KEY = "scarnet"
+CASCADE = "ScarNetCascade"   # v2: both stages in one file, tensors prefixed "locate." and "segment."
 
 
 def save_checkpoint(path: str | Path, model: ScarNet, preprocessing: PreprocessConfig = PreprocessConfig(),
                     dtype: torch.dtype | None = None, **metadata) -> Path:
     """Write model weights (optionally cast, e.g. fp16 for shipping) and metadata, atomically."""
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-             for k, v in model.state_dict().items()}
-    meta = {
-        "format": FORMAT,
-        "scarnet_version": __version__,
-        "architecture": "ScarNet",
-        "config": model.config.to_dict(),
-        "classes": list(CLASS_NAMES),
-        "preprocessing": preprocessing.to_dict(),
-        **metadata,
-    }
+    return _write(path, _tensors(model, dtype), {"architecture": "ScarNet", "config": model.config.to_dict(),
+                                                 "preprocessing": preprocessing.to_dict(), **metadata})
+
+
+def save_cascade(path: str | Path, cascade: ScarNetCascade, dtype: torch.dtype | None = None, **metadata) -> Path:
+    """One file for model v2: both stage networks, each stage's geometry, the cascade settings."""
+    state = {f"{name}.{k}": v for name in (LOCATE, SEGMENT) for k, v in _tensors(getattr(cascade, name), dtype).items()}
+    stages = {name: {"config": getattr(cascade, name).config.to_dict(), "geometry": cascade.geometry[name].to_dict()}
+              for name in (LOCATE, SEGMENT)}
+    return _write(path, state, {"architecture": CASCADE, "stages": stages, "cascade": cascade.params.to_dict(),
+                                "preprocessing": cascade.geometry[SEGMENT].preprocess().to_dict(), **metadata})
+
+
+def _tensors(model: ScarNet, dtype: torch.dtype | None) -> dict:
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+            for k, v in model.state_dict().items()}
+
+
+def _write(path: str | Path, state: dict, metadata: dict) -> Path:
+    meta = {"format": FORMAT, "scarnet_version": __version__, "classes": list(CLASS_NAMES), **metadata}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(_json_safe(meta), allow_nan=False)})
     return Path(path)
@@ -72,14 +83,16 @@ def read_metadata(path: str | Path) -> dict:
         meta = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: ScarNet metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: ScarNet metadata is {type(meta).__name__}, not a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
     return meta
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    expected_sha256: str | None = None) -> tuple[ScarNet, dict]:
-    """Rebuild the network from the metadata and load its weights (float32, eval mode)."""
+                    expected_sha256: str | None = None) -> tuple[ScarNet | ScarNetCascade, dict]:
+    """Rebuild the network (v1 ScarNet or v2 cascade) from the metadata and load its weights (float32, eval)."""
     path = Path(path)
     meta = read_metadata(path)
     if expected_sha256 is not None:
@@ -92,13 +105,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged or truncated checkpoint ({str(exc)[:160]})") from exc
     try:
-        config = ScarNetConfig.from_dict(meta["config"])
-        model = ScarNet(config, pretrained_encoder=False)  # every weight comes from the checkpoint
-    except (KeyError, TypeError, ValueError) as exc:
+        model = _build(meta)  # every weight comes from the checkpoint
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: metadata does not describe a buildable ScarNet ({exc})") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     load_state_strict(model, state, str(path))
     return model.to(device).eval(), meta
+
+
+def _build(meta: dict) -> ScarNet | ScarNetCascade:
+    architecture = meta.get("architecture", "ScarNet")
+    if architecture == "ScarNet":
+        return ScarNet(ScarNetConfig.from_dict(meta["config"]), pretrained_encoder=False)
+    if architecture != CASCADE:
+        raise ValueError(f"unknown architecture {architecture!r} (this ScarNet knows ScarNet and {CASCADE}; "
+                         "a newer ScarNet may be needed)")
+    stages = meta["stages"]
+    nets = {name: ScarNet(ScarNetConfig.from_dict(stages[name]["config"]), pretrained_encoder=False)
+            for name in (LOCATE, SEGMENT)}
+    return ScarNetCascade(nets[LOCATE], nets[SEGMENT], StageGeometry.from_dict(stages[LOCATE]["geometry"]),
+                          StageGeometry.from_dict(stages[SEGMENT]["geometry"]), CascadeParams.from_dict(meta.get("cascade")))
 
 
 def _check_file(path: Path) -> None:

@@ -33,9 +33,10 @@ class _ProgressBar:
 
 
 def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite: bool,
-                insertion_point=None, overlay: bool = False, pixel_spacing: float | None = None) -> dict:
+                insertion_point=None, overlay: bool = False, pixel_spacing: float | None = None,
+                force: bool = False) -> dict:
     """Segment one input and write its label volume, tables and bullseye; returns the written paths."""
-    from .io import input_stem, read_image, write_image_atomic
+    from .io import check_not_label_map, input_stem, read_image, write_image_atomic
     from .quantify import quantify, write_reports
 
     name = input_stem(path)
@@ -44,6 +45,8 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite:
         raise ScarNetError(f"{existing[0]} already exists; choose another -o folder or pass --overwrite "
                            "(earlier results are never replaced silently)")
     image = read_image(path)
+    if not force:  # --force: the user says this few-valued image is an image
+        check_not_label_map(image)
     notes = []
     if pixel_spacing is not None or str(path).lower().endswith(".png"):
         # PNG stores no pixel size (ITK reports a placeholder 1 mm); volumes and the model's
@@ -60,6 +63,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite:
     # labels first, tables after: each file is complete or absent
     written = {"labels": write_image_atomic(result.labels, out_dir / f"{name}_seg.nii.gz")}
     report = quantify(result.labels, image=image, insertion_point=insertion_point)
+    report.global_metrics["qc_flags"] = ";".join(result.qc_flags)  # empty when all is well
     written.update(write_reports(report, out_dir, name))
     if overlay:
         from .overlay import write_overlay
@@ -69,6 +73,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite:
         written["overlay"] = write_overlay(image, result.labels, out_dir / f"{name}_overlay.png", title)
     written["metrics"] = report.global_metrics
     written["warnings"] = notes + report.warnings
+    written["qc_flags"] = list(result.qc_flags)
     return written
 
 
@@ -83,7 +88,7 @@ def cmd_segment(args) -> int:
         try:
             written = segment_one(segmenter, path, out_dir, args.batch_size, args.overwrite,
                                   tuple(args.insertion_point) if args.insertion_point else None, args.overlay,
-                                  args.pixel_spacing)
+                                  args.pixel_spacing, force=args.force)
         except ScarNetError as exc:
             failures += 1
             print(f"scarnet: {path}: {exc}", file=sys.stderr)
@@ -101,10 +106,13 @@ def _print_summary(path, written: dict):
     pct = g.get("scar_percent_lv")
     print(f"{path}: myocardium {g['myocardium_ml']:.1f} mL, scar {g['scar_ml']:.1f} mL"
           + (f" ({pct:.1f} % of LV)" if pct is not None else "") + f", MVO {g['mvo_ml']:.1f} mL")
+    from .inference import QC_MESSAGES
+    for flag in written.get("qc_flags", []):
+        print(f"warning: {path}: {flag}: {QC_MESSAGES.get(flag, flag)}", file=sys.stderr)
     for warning in written.get("warnings", []):
         print(f"  note: {warning}")
     for key, value in written.items():
-        if key not in ("metrics", "warnings"):
+        if key not in ("metrics", "warnings", "qc_flags"):
             print(f"  wrote {value}")
 
 
@@ -136,11 +144,8 @@ def _fresh_folder(base: Path) -> Path:
 
 
 def cmd_info(args) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from .checkpoint import load_checkpoint
-    from .model import ScarNet, ScarNetConfig, count_parameters
+    from .model import ScarNet, ScarNetConfig
     from .resources import default_model_path
 
     if args.encoder:
@@ -148,20 +153,37 @@ def cmd_info(args) -> int:
                               pretrained_encoder=args.encoder_checkpoint is not None or args.encoder == "litemedsam"), {}
     else:
         model, meta = load_checkpoint(args.model or default_model_path())
+    from .cascade import ScarNetCascade
+    if isinstance(model, ScarNetCascade):
+        print(f"ScarNet {__version__}: model v2 cascade (stage 1 finds the LV, stage 2 segments the crop around it)")
+        for name in ("locate", "segment"):
+            g = model.geometry[name]
+            print(f"  {name}: {g.grid_size}×{g.grid_size} at {g.spacing_mm:g} mm/pixel "
+                  f"({g.grid_size * g.spacing_mm:g} mm field of view)")
+            _describe(getattr(model, name), "  ")
+    else:
+        _describe(model, "")
+    for key in ("name", "licence", "training_data", "metrics"):
+        if key in meta and key != "training_data":
+            print(f"{key}: {meta[key]}")
+    return 0
+
+
+def _describe(model, indent: str) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import count_parameters
     counts = count_parameters(model)
     grid = model.config.grid_size
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 1, grid, grid))
     flops = counter.get_total_flops()
-    print(f"ScarNet {__version__}: encoder {model.config.encoder} (input {model.encoder.input_size} px), "
-          f"grid {grid}×{grid}")
-    print(f"parameters: {counts['total']:,} total = {counts['encoder']:,} encoder + "
+    encoder = f"{model.config.encoder} (input {model.encoder.input_size} px)" if model.encoder is not None else "none"
+    print(f"{indent}encoder {encoder}, grid {grid}×{grid}")
+    print(f"{indent}parameters: {counts['total']:,} total = {counts['encoder']:,} encoder + "
           f"{counts['unet_fusion_decoder']:,} U-Net/fusion/decoder")
-    print(f"FLOPs per slice: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC)")
-    for key in ("name", "licence", "training_data", "metrics"):
-        if key in meta and key != "training_data":
-            print(f"{key}: {meta[key]}")
-    return 0
+    print(f"{indent}FLOPs per slice: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--pixel-spacing", type=float, metavar="MM",
                      help="pixel size for inputs without one (PNG; default: the model's nominal size)")
     seg.add_argument("--overwrite", action="store_true", help="replace earlier results in OUTDIR")
+    seg.add_argument("--force", action="store_true",
+                     help="segment an input even though it looks like a label map (few integer values)")
     seg.set_defaults(func=cmd_segment)
 
     from .quantify.cli import register

@@ -17,9 +17,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .cascade import ScarNetCascade, locate_lv, segment_crops
 from .checkpoint import load_checkpoint
 from .errors import Cancelled, CheckpointError
 from .io import validate_image
+from .labels import MYOCARDIUM, scar_mask
 from .postprocess import clean_labels
 from .preprocessing import PreprocessConfig, prepare_slices
 from .resources import default_model_path, default_model_sha256
@@ -77,6 +79,43 @@ class SegmentationResult:
     labels: sitk.Image                       # uint8 0..4 on the input grid
     probabilities: sitk.Image | None = None  # float32 vector image (5 components), on request
     model_info: dict = field(default_factory=dict)
+    qc_flags: list[str] = field(default_factory=list)   # e.g. no_lv_found, low_confidence, lv_at_image_edge
+
+
+QC_MESSAGES = {
+    "no_lv_found": "no left ventricle found: the image may not be a short-axis LGE stack (nothing was segmented)",
+    "lv_at_image_edge": "the LV touches the image border: part of the heart may lie outside the field of view",
+    "low_confidence": "the model is unsure of this result (low probabilities): check it before use",
+    "no_infarct": "no infarct above the model's minimum scar volume: small scar was dropped as noise",
+}
+
+
+class _Collector:
+    """Per-slice results as batches arrive: labels, the model's confidence on the LV, probabilities on request.
+
+    Only what is asked for is kept, so memory stays bounded by the labels for large stacks."""
+
+    def __init__(self, shape, num_classes: int, keep_probabilities: bool):
+        self.labels = np.zeros(shape, np.uint8)
+        self.probabilities = None
+        if keep_probabilities:
+            self.probabilities = np.zeros((shape[0], num_classes, *shape[1:]), np.float32)
+            self.probabilities[:, 0] = 1  # background where no slice result arrives (v2: slices without LV)
+        self.lv_pixels, self._top_sum = 0, 0.0
+
+    def put(self, index: np.ndarray, probs: torch.Tensor) -> None:
+        top, labels = probs.max(dim=1)
+        self.labels[index] = labels.numpy().astype(np.uint8)
+        lv = labels > 0
+        self.lv_pixels += int(lv.sum())
+        self._top_sum += float(top[lv].sum())
+        if self.probabilities is not None:
+            self.probabilities[index] = probs.numpy()
+
+    @property
+    def lv_confidence(self) -> float:
+        """Mean top-class probability over the pixels labelled LV (blood pool or myocardium)."""
+        return self._top_sum / self.lv_pixels if self.lv_pixels else 0.0
 
 
 class Segmenter:
@@ -94,10 +133,12 @@ class Segmenter:
         self.model_path = path
         self.preprocessing = PreprocessConfig.from_dict(self.metadata.get("preprocessing", {}))
         self.dtype = autocast_dtype(self.device, precision)
+        self.is_cascade = isinstance(self.model, ScarNetCascade)
+        self.num_classes = self.model.num_classes if self.is_cascade else self.model.config.num_classes
 
     @property
     def model_info(self) -> dict:
-        keys = ("name", "version", "licence", "encoder", "training_data", "metrics")
+        keys = ("name", "version", "licence", "encoder", "architecture", "training_data", "metrics")
         info = {k: self.metadata[k] for k in keys if k in self.metadata}
         info.setdefault("name", self.model_path.stem)
         info["path"] = str(self.model_path)
@@ -122,28 +163,76 @@ class Segmenter:
             axis = size_zyx.index(1) if 1 in size_zyx else slice_axis(image)
             slices, spacing = split_slices(array, image, axis)
         total = len(slices)
-        labels = np.zeros(slices.shape, np.uint8)
-        probabilities = np.zeros((total, self.model.config.num_classes, *slices.shape[1:]), np.float32) \
-            if return_probabilities else None
         if progress:
             progress(0, total)
+        run = self._cascade if self.is_cascade else self._whole_slices
+        out = _Collector(slices.shape, self.num_classes, return_probabilities)
         with torch.inference_mode():
-            for start in range(0, total, batch_size):
-                if cancel is not None and cancel():
-                    raise Cancelled("segmentation cancelled; nothing was written")
-                batch, mapping = prepare_slices(slices[start:start + batch_size], spacing, self.preprocessing)
-                with self._autocast():
-                    logits = self.model(batch.to(self.device))
-                probs = mapping.from_grid(torch.softmax(logits.float(), dim=1)).cpu()
-                labels[start:start + len(batch)] = probs.argmax(dim=1).numpy().astype(np.uint8)
-                if probabilities is not None:
-                    probabilities[start:start + len(batch)] = probs.numpy()
-                if progress:
-                    progress(min(start + batch_size, total), total)
+            qc_flags = run(slices, spacing, batch_size, progress, cancel, out)
+        labels = out.labels
         if postprocess:
             labels = clean_labels(labels)
+            if self.is_cascade:
+                qc_flags += self._drop_small_scar(labels, image)
         return SegmentationResult(self._to_image(labels, axis, image),
-                                  self._probabilities_image(probabilities, axis, image), self.model_info)
+                                  self._probabilities_image(out.probabilities, axis, image),
+                                  self.model_info, qc_flags)
+
+    def _check_cancel(self, cancel):
+        if cancel is not None and cancel():
+            raise Cancelled("segmentation cancelled; nothing was written")
+
+    def _whole_slices(self, slices, spacing, batch_size, progress, cancel, out: "_Collector") -> list[str]:
+        """v1: every slice on the whole-field grid. Fills `out`; returns QC flags (none)."""
+        total = len(slices)
+        for start in range(0, total, batch_size):
+            self._check_cancel(cancel)
+            batch, mapping = prepare_slices(slices[start:start + batch_size], spacing, self.preprocessing)
+            with self._autocast():
+                logits = self.model(batch.to(self.device))
+            out.put(np.arange(start, start + len(batch)), mapping.from_grid(torch.softmax(logits.float(), dim=1)).cpu())
+            if progress:
+                progress(min(start + batch_size, total), total)
+        return []
+
+    def _cascade(self, slices, spacing, batch_size, progress, cancel, out: "_Collector") -> list[str]:
+        """v2: find the LV on the whole stack, then segment the crop around it on the slices that hold it.
+
+        Slices without LV stay background (probability 1). Fills `out`; returns QC flags."""
+        total = len(slices)
+        self._check_cancel(cancel)
+        location = locate_lv(self.model, slices, spacing, self.device, self._autocast, batch_size)
+        if not location.found:
+            if progress:
+                progress(total, total)
+            return ["no_lv_found"]
+        flags = ["lv_at_image_edge"] if location.at_edge else []
+        todo = np.flatnonzero(location.slices)
+        done = total - len(todo)
+        for start in range(0, len(todo), batch_size):
+            self._check_cancel(cancel)
+            index = todo[start:start + batch_size]
+            out.put(index, segment_crops(self.model, slices[index], spacing, location.centre, self.device,
+                                         self._autocast))
+            if progress:
+                progress(done + start + len(index), total)
+        if progress:
+            progress(total, total)
+        if out.lv_pixels == 0:
+            return ["no_lv_found"]
+        if out.lv_confidence < self.model.params.low_confidence:
+            flags.append("low_confidence")
+        return flags
+
+    def _drop_small_scar(self, labels: np.ndarray, image: sitk.Image) -> list[str]:
+        """Case-level "no infarct": predicted scar below the model's minimum volume becomes healthy myocardium."""
+        minimum = self.model.params.min_scar_ml
+        scar = scar_mask(labels)
+        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        if minimum > 0 and scar.any() and scar.sum() * voxel_ml < minimum:
+            labels[scar] = MYOCARDIUM
+            return ["no_infarct"]
+        return []
 
     @staticmethod
     def _to_image(slices: np.ndarray, axis: int | None, reference: sitk.Image) -> sitk.Image:

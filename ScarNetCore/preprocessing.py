@@ -50,19 +50,40 @@ def normalize_intensity(slice2d: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndar
 
 @dataclass(frozen=True)
 class GridMapping:
-    """How slices of shape `native` map onto the model grid (and back)."""
+    """How slices of shape `native` map onto the model grid (and back).
+
+    The grid window is centred on the resized slice, or on `centre` (row, column in resized pixels)
+    when given: the cascade's second stage crops around the LV that way.
+    """
     native: tuple[int, int]
     resized: tuple[int, int]
     grid: int
+    centre: tuple[float, float] | None = None
 
     @classmethod
-    def for_slice(cls, shape: tuple[int, int], spacing_mm: tuple[float, float], config: PreprocessConfig):
+    def for_slice(cls, shape: tuple[int, int], spacing_mm: tuple[float, float], config: PreprocessConfig,
+                  centre_native: tuple[float, float] | None = None):
+        """centre_native: window centre in native pixel coordinates (row, column); None: centred."""
         resized = tuple(max(1, int(round(n * s / config.target_spacing_mm))) for n, s in zip(shape, spacing_mm))
-        return cls(tuple(shape), resized, config.grid_size)
+        centre = None if centre_native is None else tuple(
+            (float(c) + 0.5) * r / n - 0.5 for c, r, n in zip(centre_native, resized, shape))
+        return cls(tuple(shape), resized, config.grid_size, centre)
 
     def _offsets(self):
-        # centre crop (negative pad) or centre pad, per axis
-        return [(self.grid - r) // 2 for r in self.resized]
+        """Grid position of resized pixel 0, per axis (negative: the window starts inside the slice)."""
+        if self.centre is None:
+            return [(self.grid - r) // 2 for r in self.resized]
+        return [int(round((self.grid - 1) / 2 - c)) for c in self.centre]
+
+    def _windows(self):
+        """(resized-frame slices, grid slices) of the overlap between the slice and the grid window."""
+        frame, grid = [], []
+        for o, r in zip(self._offsets(), self.resized):
+            start, first = max(0, -o), max(0, o)
+            length = max(0, min(r - start, self.grid - first))
+            frame.append(slice(start, start + length))
+            grid.append(slice(first, first + length))
+        return frame, grid
 
     def to_grid(self, slices: torch.Tensor) -> torch.Tensor:
         """[N, C, *native] → [N, C, grid, grid]; padding is 0 (dark background)."""
@@ -70,29 +91,21 @@ class GridMapping:
         if tuple(x.shape[-2:]) != self.resized:
             shrinking = self.resized[0] < x.shape[-2] or self.resized[1] < x.shape[-1]
             x = F.interpolate(x, size=self.resized, mode="bilinear", align_corners=False, antialias=shrinking)
-        return _place(x, self._offsets(), self.grid)
+        frame, grid = self._windows()
+        out = torch.zeros(*x.shape[:-2], self.grid, self.grid, dtype=x.dtype, device=x.device)
+        out[..., grid[0], grid[1]] = x[..., frame[0], frame[1]]
+        return out
 
     def from_grid(self, probs: torch.Tensor) -> torch.Tensor:
         """[N, K, grid, grid] class probabilities → [N, K, *native]; outside the grid is background."""
         background = torch.zeros(probs.shape[1], dtype=probs.dtype, device=probs.device)
         background[0] = 1
-        frame = background.view(1, -1, 1, 1).expand(probs.shape[0], -1, *self.resized).clone()
-        offsets = self._offsets()
-        # inverse of _place: copy the grid window back into the resized frame
-        src = [slice(max(0, o), max(0, o) + min(self.grid, r - max(0, -o))) for o, r in zip(offsets, self.resized)]
-        dst = [slice(max(0, -o), max(0, -o) + (s.stop - s.start)) for o, s in zip(offsets, src)]
-        frame[..., dst[0], dst[1]] = probs[..., src[0], src[1]]
+        out = background.view(1, -1, 1, 1).expand(probs.shape[0], -1, *self.resized).clone()
+        frame, grid = self._windows()
+        out[..., frame[0], frame[1]] = probs[..., grid[0], grid[1]]
         if tuple(self.resized) != tuple(self.native):
-            frame = F.interpolate(frame, size=self.native, mode="bilinear", align_corners=False)
-        return frame
-
-
-def _place(x: torch.Tensor, offsets, grid: int) -> torch.Tensor:
-    out = torch.zeros(*x.shape[:-2], grid, grid, dtype=x.dtype, device=x.device)
-    src = [slice(max(0, -o), max(0, -o) + min(grid, n - max(0, -o))) for o, n in zip(offsets, x.shape[-2:])]
-    dst = [slice(max(0, o), max(0, o) + (s.stop - s.start)) for o, s in zip(offsets, src)]
-    out[..., dst[0], dst[1]] = x[..., src[0], src[1]]
-    return out
+            out = F.interpolate(out, size=self.native, mode="bilinear", align_corners=False)
+        return out
 
 
 def prepare_slices(slices: np.ndarray, spacing_mm: tuple[float, float], config: PreprocessConfig):

@@ -319,6 +319,9 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self.ui.statusLabel.text = _("Done: '{name}'. Correct it in Segment Editor if needed, then update the "
                                      "quantification.").format(name=segmentationNode.GetName())
+        warnings = self.logic.qcWarnings(segmentationNode)
+        if warnings:  # the model's own doubts, shown where the user looks after a run
+            self.ui.statusLabel.text += "\n" + "\n".join(_("Warning: ") + w for w in warnings)
         slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=True)
         p.segmentationToQuantify = segmentationNode
         self.updateModelInfo()

@@ -16,16 +16,18 @@ class DataConfig:
     fold: int = 0
     label_map: dict | None = None          # e.g. {5: 3} for a dataset whose scar label is 5
     max_slices: int | None = None          # cap (smoke tests); None = all
+    stage: str = "full"                    # full: v1 whole-slice network | locate / segment: a cascade stage (v2)
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "litemedsam"            # litemedsam | medsam-vit-b
+    encoder: str = "litemedsam"            # litemedsam | medsam-vit-b | none (plain U-Net pathway)
     encoder_checkpoint: str | None = None  # medsam_vit_b.pth for medsam-vit-b
     encoder_input_size: int | None = None
     base_channels: int = 16
     trainable_encoder_stages: int = 0      # 0 frozen, N = last N stages, -1 = all (GPU full fine-tuning)
     init_checkpoint: str | None = None     # start from this ScarNet .safetensors (e.g. the bundled model)
+    grid_size: int | None = None           # None: the stage's grid (256 full, 112 locate, 128 segment)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: dict = field(default_factory=dict)       # LossConfig keys (λ1 λ2 λ3, α β γ, class_weights)
     augment: dict = field(default_factory=dict)    # AugmentConfig keys
+    views: dict = field(default_factory=dict)      # ViewConfig keys (cascade stages)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

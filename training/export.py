@@ -2,6 +2,9 @@
 
     python training/export.py runs/x/best.safetensors Resources/Models/scarnet_litemedsam_emidec.safetensors \
         --name ... --licence ... --metrics eval/summary.json
+
+Model v2 (cascade): SOURCE is the segment stage, --locate the locate stage; both go into one file
+with each stage's geometry and the cascade settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams).
 """
 from __future__ import annotations
 
@@ -15,20 +18,35 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.checkpoint import load_checkpoint, save_checkpoint
+from ScarNetCore.cascade import CascadeParams, ScarNetCascade, StageGeometry
+from ScarNetCore.checkpoint import load_checkpoint, save_cascade, save_checkpoint
 from ScarNetCore.io import atomic_path, sha256_of
 from ScarNetCore.preprocessing import PreprocessConfig
 
 
-def export(source: Path, target: Path, name: str, version: str, licence: str, metrics: dict | None) -> str:
+def stage_geometry(meta: dict) -> StageGeometry:
+    p = PreprocessConfig.from_dict(meta["preprocessing"])
+    return StageGeometry(p.target_spacing_mm, p.grid_size, p.percentiles)
+
+
+def export(source: Path, target: Path, name: str, version: str, licence: str, metrics: dict | None,
+           locate: Path | None = None, cascade: dict | None = None) -> str:
     model, meta = load_checkpoint(source)
     keep = {k: meta[k] for k in ("training_data", "training_config") if k in meta}
     all_metrics = dict(meta.get("metrics", {}))
     if metrics:
         all_metrics.update(metrics)
-    save_checkpoint(target, model, PreprocessConfig.from_dict(meta["preprocessing"]), dtype=torch.float16,
-                    name=name, version=version, licence=licence, encoder=model.config.encoder,
-                    metrics=all_metrics, **keep)
+    release = dict(name=name, version=version, licence=licence, encoder=model.config.encoder, **keep)
+    if locate is None:
+        save_checkpoint(target, model, PreprocessConfig.from_dict(meta["preprocessing"]), dtype=torch.float16,
+                        metrics=all_metrics, **release)
+    else:
+        locator, locate_meta = load_checkpoint(locate)
+        both = ScarNetCascade(locator, model, stage_geometry(locate_meta), stage_geometry(meta),
+                              CascadeParams.from_dict(cascade))
+        all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
+        release["locate_training_config"] = locate_meta.get("training_config")
+        save_cascade(target, both, dtype=torch.float16, metrics=all_metrics, **release)
     digest = sha256_of(target)
     with atomic_path(target.with_suffix(".sha256")) as tmp:
         tmp.write_text(f"{digest}  {target.name}\n")
@@ -44,9 +62,13 @@ def main(argv=None):
     parser.add_argument("--licence", required=True)
     parser.add_argument("--metrics", type=Path, help="JSON of named metric sets to add to metadata 'metrics' "
                         "(e.g. {\"test\": {...}})")
+    parser.add_argument("--locate", type=Path, help="model v2: the locate-stage checkpoint (SOURCE is the segment stage)")
+    parser.add_argument("--cascade", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model v2 settings, e.g. min_scar_ml=1.5 low_confidence=0.8")
     args = parser.parse_args(argv)
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
-    digest = export(args.source, args.target, args.name, args.version, args.licence, metrics)
+    cascade = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.cascade)}
+    digest = export(args.source, args.target, args.name, args.version, args.licence, metrics, args.locate, cascade)
     print(f"{args.target}: {args.target.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
     return 0
 

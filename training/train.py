@@ -31,7 +31,9 @@ from ScarNetCore.inference import autocast_dtype
 from ScarNetCore.io import atomic_path
 from ScarNetCore.model import ScarNet, ScarNetConfig
 from ScarNetCore.preprocessing import PreprocessConfig
+from ScarNetCore.cascade import LOCATE, LOCATE_GEOMETRY, SEGMENT, SEGMENT_GEOMETRY
 from training.augment import AugmentConfig, augment
+from training.cascade_data import StageViews, ViewConfig
 from training.config import TrainConfig
 from training.data import case_ids, read_dataset
 from training.feature_cache import CachedViews, build_cache
@@ -129,6 +131,16 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+STAGE_GEOMETRY = {LOCATE: LOCATE_GEOMETRY, SEGMENT: SEGMENT_GEOMETRY}
+STAGE_CLASSES = {"full": 5, LOCATE: 2, SEGMENT: 5}
+
+
+def validation_score(metrics: dict) -> float:
+    if "lv_dice" in metrics:
+        return float(metrics["lv_dice"])
+    return float(np.nanmean([metrics["myocardium_dice"], metrics["scar_dice"]]))
+
+
 @torch.no_grad()
 def validate(model, loader, device, autocast) -> dict:
     model.eval()
@@ -141,6 +153,9 @@ def validate(model, loader, device, autocast) -> dict:
         for case, p, r in zip(batch["case"], pred, batch["mask"].numpy()):
             per_case_pred.setdefault(case, []).append(p)
             per_case_ref.setdefault(case, []).append(r)
+    if model.config.num_classes == 2:  # the locate stage: LV or not
+        pred, ref = (np.concatenate([np.stack(v[c]).ravel() for c in v]) for v in (per_case_pred, per_case_ref))
+        return {"lv_dice": float(2 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1))}
     per_case = {c: structure_dice(np.stack(per_case_pred[c]), np.stack(per_case_ref[c])) for c in per_case_pred}
     return summarize_cases(per_case)
 
@@ -165,6 +180,10 @@ def run(cfg: TrainConfig, log=print) -> Path:
     main = rank == 0
     say = log if main else (lambda *a, **k: None)
 
+    stage = cfg.data.stage
+    if stage not in STAGE_CLASSES:
+        raise ValueError(f"data.stage {stage!r}: choose full, {LOCATE} or {SEGMENT}")
+    # cascade stages draw their views from slices on the v1 grid (1.25 mm, 320 mm) at run time
     preprocessing = PreprocessConfig()
     split = split_cases(cfg)
     read = lambda cases: read_dataset(cfg.data.root, cfg.data.layout, config=preprocessing,
@@ -176,20 +195,34 @@ def run(cfg: TrainConfig, log=print) -> Path:
         f"{len(val_samples)} validation slices ({len(split['validation'])} cases); world size {world}")
 
     mc = cfg.model
+    grid = mc.grid_size or (STAGE_GEOMETRY[stage].grid_size if stage != "full" else preprocessing.grid_size)
     model_config = ScarNetConfig(encoder=mc.encoder, encoder_checkpoint=mc.encoder_checkpoint,
-                                 encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels)
+                                 encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels,
+                                 num_classes=STAGE_CLASSES[stage], grid_size=grid)
     model = ScarNet(model_config)
+    if stage != "full":
+        geometry = STAGE_GEOMETRY[stage]
+        if grid != geometry.grid_size:
+            geometry = type(geometry)(geometry.spacing_mm, grid, geometry.percentiles)
+        preprocessing = geometry.preprocess()  # recorded in the stage checkpoint
     state_path = out / STATE_FILE
     if mc.init_checkpoint and not state_path.is_file():  # a resumed run continues from its own state instead
         initialise_from(model, mc.init_checkpoint)
         say(f"initialised from {mc.init_checkpoint}")
     model = model.to(device)
-    model.encoder.set_trainable_stages(mc.trainable_encoder_stages)
+    if model.encoder is not None:
+        model.encoder.set_trainable_stages(mc.trainable_encoder_stages)
     amp_dtype = training_dtype(cfg.optim.amp, device)
     say(f"precision: {amp_dtype or torch.float32} autocast on {device}")
     aug_cfg = AugmentConfig.from_dict(cfg.augment)
-    use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0
-    if use_cache:
+    use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0 and model.encoder is not None \
+        and stage == "full"
+    if stage != "full":
+        spacing = PreprocessConfig().target_spacing_mm
+        views = ViewConfig.from_dict(cfg.views)
+        train_set = StageViews(train_samples, stage, geometry, spacing, cfg.optim.seed, views, aug_cfg)
+        val_set = StageViews(val_samples, stage, geometry, spacing, cfg.optim.seed, views, aug_cfg, train=False)
+    elif use_cache:
         cache_root = out / "feature_cache"
         if main:
             build_cache(model, train_samples, cache_root / "train", cfg.optim.cache_views, cfg.optim.seed, aug_cfg,
@@ -204,7 +237,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
     else:
         train_set = AugmentedSlices(train_samples, aug_cfg, cfg.optim.seed)
         val_set = AugmentedSlices(val_samples, aug_cfg, cfg.optim.seed, train=False)
-    val_set = WithCase(val_set, val_set.cases if use_cache else [s.case for s in val_samples])
+    val_set = WithCase(val_set, val_set.case_of_item if stage != "full" else
+                       val_set.cases if use_cache else [s.case for s in val_samples])
 
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.optim.seed) \
         if world > 1 else None
@@ -282,7 +316,7 @@ def run(cfg: TrainConfig, log=print) -> Path:
         train_loss = {k: v / max(count, 1) for k, v in totals.items()}
         if main:
             metrics = validate(model, val_loader, device, autocast)
-            score = np.nanmean([metrics["myocardium_dice"], metrics["scar_dice"]])
+            score = validation_score(metrics)
             seconds = time.time() - t0
             row = {"epoch": epoch + 1, **{f"train_{k}": round(v, 5) for k, v in train_loss.items()},
                    **{f"val_{k}": round(v, 4) for k, v in metrics.items()}, "lr": scheduler.get_last_lr()[0],
@@ -302,9 +336,9 @@ def run(cfg: TrainConfig, log=print) -> Path:
                 for k, v in row.items():
                     if k != "epoch":
                         writer.add_scalar(k, v, epoch + 1)
-            say(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {train_loss['loss']:.4f} "
-                f"val Dice myo {metrics['myocardium_dice']:.3f} scar {metrics['scar_dice']:.3f} "
-                f"mvo {metrics['mvo_dice']:.3f} {seconds:.0f}s{' *best' if best_score == score else ''}")
+            shown = " ".join(f"{k.replace('_dice', '')} {v:.3f}" for k, v in metrics.items())
+            say(f"epoch {epoch + 1}/{cfg.optim.epochs} loss {train_loss['loss']:.4f} val Dice {shown} "
+                f"{seconds:.0f}s{' *best' if best_score == score else ''}")
         if world > 1:
             dist.barrier()
     if world > 1:

@@ -15,13 +15,17 @@ from .fusion import AdaptiveFusion
 
 @dataclass(frozen=True)
 class ScarNetConfig:
-    encoder: str = "litemedsam"
+    encoder: str = "litemedsam"                # or "none": the plain U-Net pathway (baseline, cascade stages)
     encoder_input_size: int | None = None      # None: the encoder's native size
     encoder_checkpoint: str | None = None      # required for medsam-vit-b; litemedsam uses its bundled weights
     base_channels: int = 16                    # U-Net widths: c, 2c, 4c, 8c, 16c at strides 1..16
     fusion_strides: tuple[int, ...] = (4, 8, 16)
     num_classes: int = NUM_CLASSES
     grid_size: int = 256                       # slices enter the network at grid_size × grid_size
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.encoder != NO_ENCODER
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -36,6 +40,9 @@ class ScarNetConfig:
         return cls(**known)
 
 
+NO_ENCODER = "none"
+
+
 class ScarNet(nn.Module):
     LEVELS = 5  # strides 1, 2, 4, 8, 16
 
@@ -45,28 +52,29 @@ class ScarNet(nn.Module):
             raise ValueError(f"grid_size must be a multiple of {2 ** (self.LEVELS - 1)}")
         self.config = config
         self.encoder = build_encoder(config.encoder, config.encoder_input_size, config.encoder_checkpoint,
-                                     pretrained=pretrained_encoder)
+                                     pretrained=pretrained_encoder) if config.has_encoder else None
         widths = [config.base_channels * 2 ** i for i in range(self.LEVELS)]
         self.down = nn.ModuleList([ConvBlock(1, widths[0])] +
                                   [ConvBlock(widths[i - 1], widths[i]) for i in range(1, self.LEVELS)])
         self.pool = nn.MaxPool2d(2)
         self.fusion = nn.ModuleDict({
             str(2 ** i): AdaptiveFusion(self.encoder.out_channels, widths[i])
-            for i in range(self.LEVELS) if 2 ** i in config.fusion_strides
+            for i in range(self.LEVELS) if 2 ** i in config.fusion_strides and self.encoder is not None
         })
         self.up = nn.ModuleList([DecoderBlock(widths[i], widths[i - 1], widths[i - 1])
                                  for i in range(self.LEVELS - 1, 0, -1)])
         self.head = nn.Conv2d(widths[0], config.num_classes, 1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Global-context features; cacheable when the encoder is frozen."""
-        return self.encoder(image)
+        """Global-context features; cacheable when the encoder is frozen (None without an encoder)."""
+        return self.encoder(image) if self.encoder is not None else None
 
     def forward(self, image: torch.Tensor, encoder_features: torch.Tensor | None = None) -> torch.Tensor:
         """image: [B, 1, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
         if encoder_features is None:
             encoder_features = self.encode(image)
-        encoder_features = encoder_features.to(image.dtype)
+        if encoder_features is not None:
+            encoder_features = encoder_features.to(image.dtype)
         skips = []
         x = image
         for level, block in enumerate(self.down):
@@ -81,6 +89,6 @@ class ScarNet(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> dict:
-    encoder = sum(p.numel() for p in model.encoder.parameters())
+    encoder = sum(p.numel() for p in model.encoder.parameters()) if model.encoder is not None else 0
     total = sum(p.numel() for p in model.parameters())
     return {"total": total, "encoder": encoder, "unet_fusion_decoder": total - encoder}

@@ -23,7 +23,8 @@ from . import Parameter
 from .Conversion import ScarNetSceneError, rasToLps, sitkImageFromVolumeNode, volumeNodeGeometryMatches
 from .Parameter import ScarNetSettings
 from .Runner import CANCELLED, FAILED, FINISHED, InProcessRunner, RunState, ThreadRunner
-from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, SEGMENT_DEFINITIONS,
+from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, QC_FLAGS_ATTRIBUTE,
+                       SEGMENT_DEFINITIONS,
                        labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
 from .Signal import Signal
 
@@ -97,9 +98,15 @@ class ScarNetLogic:
         Parameter.validate(settings)
         modelPath = Parameter.modelPathOrNone(settings)
         overwrite = settings.overwriteEdited if overwrite is None else bool(overwrite)
+        from ScarNetCore.io import check_not_label_map, label_map_message, validate_image
+        hint = "select the greyscale LGE volume"
+        if inputVolumeNode is not None and inputVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            # the same words as the command line's check, which looks at the voxel values
+            raise InputError(label_map_message(f"Input volume '{inputVolumeNode.GetName()}'",
+                                               "it is a labelmap volume node", hint))
         image = sitkImageFromVolumeNode(inputVolumeNode)
-        from ScarNetCore.io import validate_image
         validate_image(image, f"Input volume '{inputVolumeNode.GetName()}'")
+        check_not_label_map(image, f"Input volume '{inputVolumeNode.GetName()}'", hint)
         if image.GetDimension() != 3:
             raise InputError(f"Input volume '{inputVolumeNode.GetName()}' is not 3-D.")
         if outputSegmentationNode is not None and outputSegmentationNode.GetScene() is not inputVolumeNode.GetScene():
@@ -122,7 +129,7 @@ class ScarNetLogic:
         state = runner.wait()
         self._raiseIfUnsuccessful(state)
         return self.applyLabels(inputVolumeNode, state.labels, outputSegmentationNode, overwrite=overwrite,
-                                modelInfo=state.modelInfo, device=state.device)
+                                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags)
 
     def startProcessing(self, inputVolumeNode, outputSegmentationNode=None,
                         settings: Optional[ScarNetSettings] = None, overwrite: Optional[bool] = None,
@@ -147,7 +154,7 @@ class ScarNetLogic:
         raise RuntimeError(f"{state.errorType}: {state.message}" if state.errorType else state.message)
 
     def applyLabels(self, inputVolumeNode, labels: sitk.Image, outputSegmentationNode=None, overwrite: bool = False,
-                    modelInfo: Optional[dict] = None, device: str = ""):
+                    modelInfo: Optional[dict] = None, device: str = "", qcFlags: Optional[list] = None):
         """Apply a ScarNet result to the scene and return the segmentation node (new unless one is given).
 
         The one step after the Segmenter returns, used by process() and by background jobs alike:
@@ -155,7 +162,7 @@ class ScarNetLogic:
         2 healthy myocardium, 3 scar, 4 MVO) on exactly the input volume's voxel grid, e.g.
         ``Segmenter.segment(image).labels`` or a known label volume. It becomes the four ScarNet
         segments (names, colours, terminology) on the input's grid, tagged as ScarNet's work
-        (content fingerprint, input volume, `modelInfo`). Refuses (ScarNetSceneError) an edited or
+        (content fingerprint, input volume, `modelInfo`, `qcFlags`). Refuses (ScarNetSceneError) an edited or
         foreign output unless overwrite=True, and (InputError) labels off the grid or outside 0..4;
         on any error the scene is left as it was.
         """
@@ -192,6 +199,7 @@ class ScarNetLogic:
             node.SetAttribute(CONTENT_HASH_ATTRIBUTE, labelsFingerprint(labelArrayFromSegmentation(node, inputVolumeNode)))
             node.SetAttribute(INPUT_VOLUME_ATTRIBUTE, inputVolumeNode.GetID())
             node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(modelInfo or {}, sort_keys=True, default=str))
+            node.SetAttribute(QC_FLAGS_ATTRIBUTE, ";".join(qcFlags or []))
             self.placeNextTo(node, inputVolumeNode)
         except Exception:
             if created and node is not None:
@@ -199,6 +207,13 @@ class ScarNetLogic:
             raise
         self.lastModelInfo, self.lastDevice = dict(modelInfo or {}), device
         return node
+
+    @staticmethod
+    def qcWarnings(segmentationNode) -> list[str]:
+        """The run's quality-control flags as sentences for the user (empty when all is well)."""
+        from ScarNetCore.inference import QC_MESSAGES
+        flags = [f for f in (segmentationNode.GetAttribute(QC_FLAGS_ATTRIBUTE) or "").split(";") if f]
+        return [QC_MESSAGES.get(flag, flag) for flag in flags]
 
     # --------------------------------------------------------------------------- quantifying
     def quantify(self, segmentationNode, inputVolumeNode, tableNode=None, perSliceTableNode=None,
@@ -388,7 +403,7 @@ class SegmentationJob:
                                         "ScarNet was running; the result was not applied.")
             self.segmentationNode = self.logic.applyLabels(
                 self.inputVolumeNode, state.labels, self.outputSegmentationNode, overwrite=self.overwrite,
-                modelInfo=state.modelInfo, device=state.device)
+                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags)
         except Exception as exc:
             self.state = RunState(FAILED, errorType=type(exc).__name__, message=str(exc))
             self.errorMessage = str(exc)

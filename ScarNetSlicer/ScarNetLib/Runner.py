@@ -39,6 +39,7 @@ class RunState:
     labels: Optional[sitk.Image] = None
     modelInfo: dict = dataclasses.field(default_factory=dict)
     device: str = ""
+    qcFlags: list = dataclasses.field(default_factory=list)   # Segmenter QC flags, e.g. no_lv_found
     errorType: str = ""
     message: str = ""
 
@@ -96,7 +97,8 @@ class InProcessRunner:
                                        batch_size=batchSize)
             return RunState(FINISHED, self._state.done, self._state.total, labels=result.labels,
                             modelInfo=dict(getattr(segmenter, "model_info", {}) or {}),
-                            device=str(getattr(segmenter, "device", device)))
+                            device=str(getattr(segmenter, "device", device)),
+                            qcFlags=list(getattr(result, "qc_flags", []) or []))
         except Exception as exc:  # reported to the user as a message, never raised into Qt
             return _errorState(exc)
 
@@ -220,7 +222,8 @@ class SubprocessRunner:
         if state == FINISHED and (self._dir / "labels.nrrd").exists():
             final = RunState(FINISHED, status.get("done", 0), status.get("total", 0),
                              labels=sitk.ReadImage(str(self._dir / "labels.nrrd")),
-                             modelInfo=status.get("model_info", {}), device=status.get("device", ""))
+                             modelInfo=status.get("model_info", {}), device=status.get("device", ""),
+                             qcFlags=list(status.get("qc_flags", [])))
         elif state == CANCELLED or self._cancelRequestedAt:
             final = RunState(CANCELLED, message="Cancelled; nothing was changed.")
         elif state == FAILED:

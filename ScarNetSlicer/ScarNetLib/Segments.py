@@ -23,6 +23,7 @@ LABEL_TAG = "ScarNet.Label"               # segment tag: label value this segmen
 CONTENT_HASH_ATTRIBUTE = "ScarNet.ContentHash"  # node attribute: fingerprint of what ScarNet wrote
 INPUT_VOLUME_ATTRIBUTE = "ScarNet.InputVolumeID"
 MODEL_ATTRIBUTE = "ScarNet.Model"
+QC_FLAGS_ATTRIBUTE = "ScarNet.QCFlags"  # ';'-joined quality-control flags of the run (empty: none)
 
 Code = tuple  # (CodingSchemeDesignator, CodeValue, CodeMeaning)
 LEFT_VENTRICLE: Code = ("SCT", "87878005", "Left ventricle")

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         writeStatus(status, state="finished", done=image.GetSize()[2] if image.GetDimension() == 3 else 1,
                     total=image.GetSize()[2] if image.GetDimension() == 3 else 1,
                     model_info={k: str(v) for k, v in dict(getattr(segmenter, "model_info", {}) or {}).items()},
-                    device=str(getattr(segmenter, "device", args.device)))
+                    device=str(getattr(segmenter, "device", args.device)), qc_flags=list(result.qc_flags))
         return 0
     except Exception as exc:  # the parent shows this message to the user
         writeStatus(status, state="failed", error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)

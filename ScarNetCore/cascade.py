@@ -1,0 +1,155 @@
+"""Model v2: find the LV, then segment a fine crop around it.
+
+Stage 1 (locate) sees each whole slice at a coarse spacing (4 mm/pixel, a 448 mm field of view) and
+gives the probability that a pixel is LV (blood pool or myocardium). The stack's LV is the 3-D
+connected component carrying the most probability, so one centre serves every slice and spurious
+blobs on single slices are ignored. Slices the component does not reach get no stage-2 work.
+Stage 2 (segment) sees a fixed-size crop at a fine spacing centred on that LV, intensity-normalised
+over the part of the crop that lies in the image, so the result does not depend on how much chest,
+air or padding the user's field of view holds. Probabilities go back to the native grid through
+GridMapping's exact inverse, as in v1.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from .model import ScarNet
+from .preprocessing import GridMapping, PreprocessConfig, normalize_intensity
+
+LOCATE, SEGMENT = "locate", "segment"
+
+
+@dataclass(frozen=True)
+class StageGeometry:
+    spacing_mm: float
+    grid_size: int
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(grid_size=self.grid_size, target_spacing_mm=self.spacing_mm,
+                                percentiles=self.percentiles)
+
+    def to_dict(self) -> dict:
+        return {"spacing_mm": self.spacing_mm, "grid_size": self.grid_size, "percentiles": list(self.percentiles)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageGeometry":
+        return cls(float(data["spacing_mm"]), int(data["grid_size"]), tuple(data.get("percentiles", (0.5, 99.5))))
+
+
+LOCATE_GEOMETRY = StageGeometry(spacing_mm=4.0, grid_size=112)     # 448 mm: any cardiac field of view
+SEGMENT_GEOMETRY = StageGeometry(spacing_mm=1.25, grid_size=128)   # 160 mm: the LV with a margin for jitter
+
+
+@dataclass(frozen=True)
+class CascadeParams:
+    lv_threshold: float = 0.5          # stage-1 probability that counts as LV
+    min_lv_area_mm2: float = 150.0     # a slice needs this much LV (stage 1) to be segmented
+    min_stack_lv_mm2: float = 600.0    # largest LV cross-section below this: no LV found
+    min_scar_ml: float = 0.0           # case-level "no infarct": less predicted scar than this is dropped
+    low_confidence: float = 0.8        # mean top-class probability over the predicted LV below this: flag
+    flip_tta: bool = True              # stage 2 averages the identity and two flips
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "CascadeParams":
+        data = data or {}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown cascade setting(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class ScarNetCascade(nn.Module):
+    """The two stage networks, each a ScarNet (one definition), with their geometry and settings."""
+
+    def __init__(self, locate: ScarNet, segment: ScarNet, locate_geometry: StageGeometry = LOCATE_GEOMETRY,
+                 segment_geometry: StageGeometry = SEGMENT_GEOMETRY, params: CascadeParams = CascadeParams()):
+        super().__init__()
+        for net, geometry, name in ((locate, locate_geometry, LOCATE), (segment, segment_geometry, SEGMENT)):
+            if net.config.grid_size != geometry.grid_size:
+                raise ValueError(f"{name}: network grid {net.config.grid_size} ≠ preprocessing grid {geometry.grid_size}")
+        self.locate, self.segment = locate, segment
+        self.geometry = {LOCATE: locate_geometry, SEGMENT: segment_geometry}
+        self.params = params
+
+    @property
+    def num_classes(self) -> int:
+        return self.segment.config.num_classes
+
+
+def normalize_in_window(image: np.ndarray, valid: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
+    """Percentile normalisation over the pixels that lie in the image (padding excluded); 0 outside."""
+    out = np.zeros(image.shape, np.float32)
+    if valid.any():
+        out[valid] = normalize_intensity(image[valid], percentiles)
+    return out
+
+
+@dataclass
+class LVLocation:
+    found: bool
+    centre: tuple[float, float] | None = None     # native pixels (row, column), shared by all slices
+    slices: np.ndarray | None = None              # bool [N]: slices that get stage-2 work
+    at_edge: bool = False                         # the LV touches the image border: part may be cut off
+    lv_probability: np.ndarray | None = field(default=None, repr=False)
+
+
+def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params: CascadeParams) -> LVLocation:
+    """lv_probability: [N, h, w] on the native grid. The LV is one 3-D component for the whole stack."""
+    pixel_mm2 = float(spacing_mm[0] * spacing_mm[1])
+    mask = lv_probability > params.lv_threshold
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return LVLocation(False, lv_probability=lv_probability)
+    mass = ndimage.sum(lv_probability, components, index=np.arange(1, count + 1))
+    lv = components == int(np.argmax(mass)) + 1
+    area_mm2 = lv.sum(axis=(1, 2)) * pixel_mm2
+    if area_mm2.max() < params.min_stack_lv_mm2:
+        return LVLocation(False, lv_probability=lv_probability)
+    rows, cols = np.nonzero(lv.any(0))
+    h, w = lv.shape[1:]
+    at_edge = bool(rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or cols.max() == w - 1)
+    centre = tuple(float(c) for c in ndimage.center_of_mass(lv.any(0)))
+    return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, at_edge, lv_probability)
+
+
+def _flip_tta(net: ScarNet, batch: torch.Tensor, enabled: bool) -> torch.Tensor:
+    probs = torch.softmax(net(batch).float(), 1)
+    if enabled:
+        for dims in ((-1,), (-2,)):
+            probs += torch.softmax(net(batch.flip(dims)).float(), 1).flip(dims)
+        probs /= 3
+    return probs
+
+
+def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, autocast, batch_size: int) -> LVLocation:
+    geometry = cascade.geometry[LOCATE]
+    normalised = np.stack([normalize_intensity(s, geometry.percentiles) for s in slices])
+    mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess())
+    lv = np.zeros(slices.shape, np.float32)
+    for start in range(0, len(slices), batch_size):
+        batch = mapping.to_grid(torch.from_numpy(normalised[start:start + batch_size])[:, None])
+        with autocast():
+            probs = torch.softmax(cascade.locate(batch.to(device)).float(), 1)
+        lv[start:start + len(batch)] = mapping.from_grid(probs.cpu())[:, 1:].sum(1).numpy()
+    return find_lv(lv, spacing, cascade.params)
+
+
+def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, device, autocast) -> torch.Tensor:
+    """Stage 2 on some slices: [n, h, w] raw → [n, K, h, w] class probabilities on the native grid."""
+    geometry = cascade.geometry[SEGMENT]
+    mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess(), centre_native=centre)
+    raw = mapping.to_grid(torch.from_numpy(slices.astype(np.float32))[:, None])[:, 0].numpy()
+    inside = mapping.to_grid(torch.ones(1, 1, *slices.shape[-2:]))[0, 0].numpy() > 0.5
+    batch = torch.from_numpy(np.stack([normalize_in_window(r, inside, geometry.percentiles) for r in raw]))[:, None]
+    with autocast():
+        probs = _flip_tta(cascade.segment, batch.to(device), cascade.params.flip_tta)
+    return mapping.from_grid(probs.cpu())

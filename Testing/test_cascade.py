@@ -1,0 +1,127 @@
+"""Model v2 mechanics (ScarNetCore/cascade.py) with small seeded networks: off-centre crops and their
+inverse, LV finding, the one-file checkpoint, QC flags. The trained model is tested in test_default_model.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from ScarNetCore.cascade import (LOCATE_GEOMETRY, SEGMENT_GEOMETRY, CascadeParams, ScarNetCascade, find_lv,
+                                 normalize_in_window)
+from ScarNetCore.checkpoint import load_checkpoint, save_cascade
+from ScarNetCore.errors import CheckpointError
+from ScarNetCore.model import ScarNet, ScarNetConfig
+from ScarNetCore.preprocessing import GridMapping, PreprocessConfig
+
+
+@pytest.mark.parametrize("centre", [(10.0, 20.0), (60.0, 75.0), (95.0, 3.0), (-30.0, 50.0)])
+def test_off_centre_window_inverts_exactly(centre):
+    """At 1:1 spacing the window is a pure copy: to_grid then from_grid returns the slice inside the
+    window and background outside, whatever the centre (also near or beyond the border)."""
+    config = PreprocessConfig(grid_size=32, target_spacing_mm=1.0)
+    mapping = GridMapping.for_slice((100, 80), (1.0, 1.0), config, centre_native=centre)
+    x = torch.rand(1, 1, 100, 80)
+    grid = mapping.to_grid(x)
+    top, left = (int(round(c - 15.5)) for c in centre)
+    r0, r1, c0, c1 = max(top, 0), min(top + 32, 100), max(left, 0), min(left + 32, 80)
+    if r1 > r0 and c1 > c0:
+        assert torch.equal(grid[0, 0, r0 - top:r1 - top, c0 - left:c1 - left], x[0, 0, r0:r1, c0:c1])
+    probs = torch.cat([1 - grid, grid], 1)
+    back = mapping.from_grid(probs)
+    inside = torch.zeros(100, 80, dtype=torch.bool)
+    inside[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+    assert torch.equal(back[0, 1][inside], x[0, 0][inside])
+    assert torch.all(back[0, 1][~inside] == 0) and torch.all(back[0, 0][~inside] == 1)
+
+
+def test_centred_mapping_unchanged_by_centre_option():
+    config = PreprocessConfig(grid_size=64, target_spacing_mm=1.25)
+    plain = GridMapping.for_slice((90, 70), (1.4, 1.1), config)
+    assert plain.centre is None
+    x = torch.rand(2, 1, 90, 70)
+    assert plain.from_grid(plain.to_grid(x).expand(-1, 2, -1, -1)).shape == (2, 2, 90, 70)
+
+
+def test_normalize_in_window_ignores_padding():
+    image = np.zeros((10, 10), np.float32)
+    image[:5] = np.linspace(100, 200, 50).reshape(5, 10)
+    valid = np.zeros((10, 10), bool)
+    valid[:5] = True
+    out = normalize_in_window(image, valid, (0, 100))
+    assert out[:5].min() == 0 and out[:5].max() == 1 and np.all(out[5:] == 0)
+
+
+def test_find_lv_takes_the_stack_component_and_its_slices():
+    prob = np.zeros((6, 60, 60), np.float32)
+    prob[1:5, 20:36, 30:46] = 0.9          # the LV through four slices
+    prob[0, 2:6, 2:6] = 0.95               # a small spurious blob on another slice
+    prob[4] = 0
+    prob[4, 20:23, 30:33] = 0.9            # a slice with little LV (below the per-slice minimum)
+    loc = find_lv(prob, (1.0, 1.0), CascadeParams(min_lv_area_mm2=20, min_stack_lv_mm2=100))
+    assert loc.found and not loc.at_edge
+    assert loc.slices.tolist() == [False, True, True, True, False, False]
+    assert abs(loc.centre[0] - 27.5) < 0.5 and abs(loc.centre[1] - 37.5) < 0.5
+
+
+def test_find_lv_reports_none_and_edges():
+    params = CascadeParams(min_stack_lv_mm2=100)
+    assert not find_lv(np.zeros((3, 40, 40), np.float32), (1.0, 1.0), params).found
+    tiny = np.zeros((3, 40, 40), np.float32)
+    tiny[1, 10:14, 10:14] = 0.9            # 16 mm²: too small to be a ventricle
+    assert not find_lv(tiny, (1.0, 1.0), params).found
+    edge = np.zeros((3, 40, 40), np.float32)
+    edge[:, 0:15, 10:25] = 0.9
+    assert find_lv(edge, (1.0, 1.0), params).at_edge
+
+
+def _small_cascade(**params) -> ScarNetCascade:
+    torch.manual_seed(0)
+    locate = ScarNet(ScarNetConfig(encoder="none", base_channels=4, num_classes=2, grid_size=LOCATE_GEOMETRY.grid_size))
+    segment = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size))
+    return ScarNetCascade(locate, segment, params=CascadeParams(**params)).eval()
+
+
+def test_cascade_checkpoint_round_trip(tmp_path):
+    cascade = _small_cascade(min_scar_ml=1.5)
+    path = save_cascade(tmp_path / "v2.safetensors", cascade, name="test-cascade")
+    loaded, meta = load_checkpoint(path)
+    assert isinstance(loaded, ScarNetCascade) and meta["architecture"] == "ScarNetCascade"
+    assert loaded.params.min_scar_ml == 1.5 and loaded.geometry == cascade.geometry
+    for name in ("locate", "segment"):
+        ours, theirs = getattr(cascade, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_cascade_checkpoint_with_a_missing_stage_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    path = save_cascade(tmp_path / "v2.safetensors", _small_cascade(), name="t")
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("locate.")}
+    save_file(state, str(tmp_path / "broken.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_checkpoint(tmp_path / "broken.safetensors")
+
+
+def test_cascade_segments_on_the_input_grid_and_flags(tmp_path, positive_slab):
+    """Seeded small networks with a permissive LV threshold: labels lie on the input grid; the QC
+    flags are a list of known names; an image without LV comes back empty and flagged no_lv_found."""
+    from ScarNetCore.inference import QC_MESSAGES, Segmenter
+    path = save_cascade(tmp_path / "v2.safetensors", _small_cascade(lv_threshold=0.3, min_stack_lv_mm2=0), name="t")
+    segmenter = Segmenter(path, device="cpu", precision="fp32")
+    result = segmenter.segment(positive_slab, return_probabilities=True)
+    assert result.labels.GetSize() == positive_slab.GetSize()
+    assert result.labels.GetSpacing() == positive_slab.GetSpacing()
+    assert set(result.qc_flags) <= set(QC_MESSAGES)
+    probs = sitk.GetArrayFromImage(result.probabilities)
+    assert np.allclose(probs.sum(-1), 1, atol=1e-4)
+
+    strict = save_cascade(tmp_path / "strict.safetensors", _small_cascade(lv_threshold=0.999), name="t")
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).random(sitk.GetArrayFromImage(positive_slab).shape,
+                                                                      np.float32))
+    noise.CopyInformation(positive_slab)
+    result = Segmenter(strict, device="cpu", precision="fp32").segment(noise)
+    assert result.qc_flags == ["no_lv_found"]
+    assert sitk.GetArrayFromImage(result.labels).max() == 0

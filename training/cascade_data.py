@@ -1,0 +1,176 @@
+"""Training views for the two cascade stages, drawn on the fly from whole slices.
+
+Both stages see what inference will give them (ScarNetCore/cascade.py), resampled from the
+slice at its pixel spacing by one affine map per view (torch grid_sample):
+- locate: the slice as a scanner's field of view (80–450 mm, square or not, the heart anywhere in
+  it, partly or not at all), rotated, flipped and zoomed, placed centred on the coarse grid with
+  black outside; intensity normalised over the field of view only. Target: LV (blood pool +
+  myocardium) or not. Some views are synthetic non-hearts (noise, blank, smooth blobs).
+- segment: a crop at the fine spacing centred on the case's LV centre plus a jitter as large as
+  the localisation error, rotated, flipped, zoomed; normalised over the part of the crop that lies
+  in the image. Target: the five labels.
+Intensity augmentation (gamma, contrast, bias, blur, low resolution, noise) follows.
+Randomness depends on (seed, epoch, index) alone, so a resumed run replays the same views.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+from ScarNetCore.cascade import StageGeometry, normalize_in_window
+from .augment import AugmentConfig, augment_intensity
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    fov_mm: tuple[float, float] = (80.0, 450.0)   # locate: simulated field of view (side)
+    p_negative: float = 0.12                      # locate: synthetic non-cardiac input, empty target
+    jitter_mm: float = 12.0                       # segment: crop-centre jitter (sd), ~ localisation error
+    scale: tuple[float, float] = (0.8, 1.25)      # zoom: covers the pixel-spacing spread of the PNG export
+    p_flip: float = 0.5
+    p_negative_segment: float = 0.03              # segment: noise crops with an empty target
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ViewConfig":
+        data = data or {}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown view setting(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class CaseSlices:
+    """The slices of one case on the reader's grid, with the case's LV centre (as inference finds it)."""
+
+    def __init__(self, samples, spacing_mm: float):
+        self.images = np.stack([s.image for s in samples]).astype(np.float32)
+        self.masks = np.stack([s.mask for s in samples]).astype(np.uint8)
+        self.spacing = spacing_mm
+        lv = self.masks > 0
+        self.centre = np.array(ndimage.center_of_mass(lv.any(0))) if lv.any() else \
+            (np.array(self.images.shape[1:]) - 1) / 2
+
+
+def synthetic_negative(shape, rng: np.random.Generator) -> np.ndarray:
+    """Inputs that are not hearts: noise of several kinds, a blank or constant image, smooth blobs."""
+    kind = rng.integers(5)
+    if kind == 0:
+        x = rng.normal(0.5, rng.uniform(0.05, 0.3), shape)
+    elif kind == 1:
+        sd = rng.uniform(0.05, 0.4)
+        x = np.sqrt(rng.normal(0, sd, shape) ** 2 + rng.normal(0, sd, shape) ** 2)
+    elif kind == 2:
+        x = np.full(shape, rng.uniform(0, 1))
+    elif kind == 3:
+        x = ndimage.gaussian_filter(rng.normal(0, 1, shape), rng.uniform(2, 12))
+    else:
+        x = rng.uniform(0, 1, shape)
+    x = x - x.min()
+    return (x / x.max() if x.max() > 0 else x).astype(np.float32)
+
+
+def _sample(image: np.ndarray, mask: np.ndarray, coords: np.ndarray):
+    """Bilinear image, nearest mask and in-image indicator at source pixel coords [2, H, W]."""
+    h, w = image.shape
+    grid = np.stack([(coords[1] + 0.5) / w * 2 - 1, (coords[0] + 0.5) / h * 2 - 1], -1)
+    grid = torch.from_numpy(grid.astype(np.float32))[None]
+    src = torch.from_numpy(np.stack([image, mask.astype(np.float32)]))[:, None]
+    img = F.grid_sample(src[:1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+    msk = F.grid_sample(src[1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
+    inside = (coords[0] > -0.5) & (coords[0] < h - 0.5) & (coords[1] > -0.5) & (coords[1] < w - 0.5)
+    return img.numpy(), msk.numpy().astype(np.uint8), inside
+
+
+def _pose(rng: np.random.Generator, cfg: ViewConfig) -> np.ndarray:
+    """Random rotation (any angle: short-axis orientation varies), flip and zoom: output → source."""
+    angle = rng.uniform(-np.pi, np.pi)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    flip = np.diag([1.0, -1.0]) if rng.random() < cfg.p_flip else np.eye(2)
+    return rot @ flip / np.exp(rng.uniform(*np.log(cfg.scale)))
+
+
+def _coords(geometry: StageGeometry, matrix: np.ndarray, centre_px: np.ndarray, source_spacing: float):
+    """Source pixel coordinates of every output pixel: output mm offsets → pose → source pixels."""
+    g = geometry.grid_size
+    offsets = (np.arange(g) - (g - 1) / 2) * geometry.spacing_mm
+    yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
+    return np.einsum("ij,jhw->ihw", matrix, np.stack([yy, xx])) / source_spacing + centre_px[:, None, None], yy, xx
+
+
+def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig, aug: AugmentConfig):
+    g = geometry.grid_size
+    if rng.random() < cfg.p_negative:
+        return augment_intensity(synthetic_negative((g, g), rng), rng, aug), np.zeros((g, g), np.uint8)
+    fov = rng.uniform(*cfg.fov_mm) * np.array([1.0, rng.uniform(0.75, 1.0)])[rng.permutation(2)]
+    # where the LV lies in the field of view: anywhere, sometimes partly or wholly outside it
+    lv_offset_mm = rng.uniform(-0.6, 0.6, 2) * fov
+    matrix = _pose(rng, cfg)
+    centre = case.centre - matrix @ lv_offset_mm / case.spacing
+    coords, yy, xx = _coords(geometry, matrix, centre, case.spacing)
+    # the coarse grid averages several source pixels: blur first, as the antialiased resize at inference
+    sigma = 0.4 * geometry.spacing_mm / case.spacing
+    image, mask, inside = _sample(ndimage.gaussian_filter(case.images[index], sigma), case.masks[index], coords)
+    in_fov = inside & (np.abs(yy) <= fov[0] / 2) & (np.abs(xx) <= fov[1] / 2)
+    image = normalize_in_window(image, in_fov)
+    target = ((mask > 0) & in_fov).astype(np.uint8)
+    return augment_intensity(image, rng, aug) * in_fov, target
+
+
+def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig | None,
+                 aug: AugmentConfig | None):
+    """cfg None: the unaugmented crop at the case's LV centre (validation)."""
+    g = geometry.grid_size
+    if cfg is not None and rng.random() < cfg.p_negative_segment:
+        return augment_intensity(synthetic_negative((g, g), rng), rng, aug), np.zeros((g, g), np.uint8)
+    matrix = _pose(rng, cfg) if cfg is not None else np.eye(2)
+    centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
+    coords, _, _ = _coords(geometry, matrix, centre, case.spacing)
+    image, mask, inside = _sample(case.images[index], case.masks[index], coords)
+    image = normalize_in_window(image, inside)
+    if aug is not None:
+        image = augment_intensity(image, rng, aug) * inside
+    return image, mask
+
+
+class StageViews(torch.utils.data.Dataset):
+    """Views of every slice for stage `locate` or `segment`; train=False gives fixed validation views."""
+
+    def __init__(self, samples, stage: str, geometry: StageGeometry, source_spacing_mm: float, seed: int,
+                 view_cfg: ViewConfig = ViewConfig(), aug_cfg: AugmentConfig = AugmentConfig(), train: bool = True):
+        if stage not in ("locate", "segment"):
+            raise ValueError(f"stage {stage!r}: choose locate or segment")
+        by_case: dict[str, list] = {}
+        for s in samples:
+            by_case.setdefault(s.case, []).append(s)
+        self.cases = {c: CaseSlices(sorted(v, key=lambda s: s.index), source_spacing_mm) for c, v in by_case.items()}
+        self.items = [(c, i) for c, case in self.cases.items() for i in range(len(case.images))]
+        self.stage, self.geometry, self.seed, self.train, self.epoch = stage, geometry, seed, train, 0
+        self.view_cfg, self.aug_cfg = view_cfg, aug_cfg
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.items)
+
+    @property
+    def case_of_item(self) -> list[str]:
+        return [c for c, _ in self.items]
+
+    def __getitem__(self, index):
+        case_id, i = self.items[index]
+        case = self.cases[case_id]
+        # validation views are fixed: their randomness does not depend on the epoch
+        rng = np.random.default_rng([self.seed, self.epoch if self.train else 10 ** 6, index])
+        if self.stage == "locate":
+            image, mask = locate_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg)
+        elif self.train:
+            image, mask = segment_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg)
+        else:
+            image, mask = segment_view(case, i, self.geometry, rng, None, None)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+                "mask": torch.from_numpy(mask.astype(np.int64))}
