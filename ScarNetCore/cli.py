@@ -1,7 +1,8 @@
 """The `scarnet` command: segment, quantify, demo, info.
 
 Errors the user can fix are one line (`--verbose` adds the traceback). `segment` reports a bad
-input and goes on with the next; the exit status is 1 if any input failed.
+input, records it in the cohort table and goes on with the next; the exit status is 1 if any
+input failed. Every file is named and written by outputs.py.
 """
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ import SimpleITK as sitk
 from . import __version__
 from .errors import ScarNetError
 
-OUTPUT_SUFFIXES = ("_seg.nii.gz", "_scar.csv", "_scar_slices.csv", "_scar_segments.csv", "_bullseye.png")
+SEGMENT_OUTPUTS = ("labels", "summary", "slices", "segments", "bullseye")  # always written by segment
+
+QUANTIFY_DESCRIPTION = """Quantify scar in a label volume (0 background, 1 LV blood pool, 2 myocardium, 3 scar,
+4 MVO), e.g. a segmentation corrected by hand. Writes into OUTDIR the files `scarnet segment` writes
+for a study, without the label volume: NAME_scar.csv, NAME_scar_slices.csv, NAME_scar_segments.csv,
+NAME_bullseye.png, NAME_run.json (and NAME_<method>.nii.gz with --classical)."""
+
+
+def _say(text: str, err: bool = False) -> None:
+    """Print without breaking the progress bars (tqdm clears them, prints, redraws them)."""
+    from tqdm import tqdm
+    tqdm.write(text, file=sys.stderr if err else sys.stdout)
 
 
 class _ProgressBar:
@@ -32,18 +44,22 @@ class _ProgressBar:
         self.bar.close()
 
 
-def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite: bool,
+def _planned(path: str, overlay: bool, dicom_seg: bool) -> tuple[str, ...]:
+    """The output kinds segment_one writes for this input with these options."""
+    return SEGMENT_OUTPUTS + (("overlay",) if overlay else ()) + (("dicom_seg",) if dicom_seg and Path(path).is_dir() else ())
+
+
+def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwrite: bool = False,
                 insertion_point=None, overlay: bool = False, pixel_spacing: float | None = None,
-                force: bool = False) -> dict:
-    """Segment one input and write its label volume, tables and bullseye; returns the written paths."""
-    from .io import check_not_label_map, input_stem, read_image, write_image_atomic
-    from .quantify import quantify, write_reports
+                force: bool = False, dicom_seg: bool = False) -> dict:
+    """Segment one input and write its study files; returns {kind: path} and its metrics, warnings, qc_flags."""
+    from . import outputs
+    from .io import check_not_label_map, input_files, input_stem, read_image
+    from .quantify import quantify
 
     name = input_stem(path)
-    existing = [out_dir / f"{name}{s}" for s in OUTPUT_SUFFIXES if (out_dir / f"{name}{s}").exists()]
-    if existing and not overwrite:
-        raise ScarNetError(f"{existing[0]} already exists; choose another -o folder or pass --overwrite "
-                           "(earlier results are never replaced silently)")
+    outputs.refuse_overwrite(out_dir, name, overwrite)
+    started = outputs.now()
     image = read_image(path)
     if not force:  # --force: the user says this few-valued image is an image
         check_not_label_map(image)
@@ -55,65 +71,124 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int, overwrite:
         image.SetSpacing((mm,) * image.GetDimension())
         if pixel_spacing is None:
             notes.append(f"PNG has no pixel spacing: assumed {mm} mm/pixel (set it with --pixel-spacing)")
+    dicom_files = None
+    if dicom_seg:
+        if Path(path).is_dir():
+            dicom_files = input_files(path)
+        else:
+            notes.append("no DICOM SEG written: --dicom-seg needs a DICOM series folder as input")
     bar = _ProgressBar(name)
     try:
         result = segmenter.segment(image, progress=bar, batch_size=batch_size)
     finally:
         bar.close()
-    # labels first, tables after: each file is complete or absent
-    written = {"labels": write_image_atomic(result.labels, out_dir / f"{name}_seg.nii.gz")}
     report = quantify(result.labels, image=image, insertion_point=insertion_point)
-    report.global_metrics["qc_flags"] = ";".join(result.qc_flags)  # empty when all is well
-    written.update(write_reports(report, out_dir, name))
-    if overlay:
-        from .overlay import write_overlay
-        g = report.global_metrics
-        title = f"{name}: scar {g['scar_ml']:.1f} mL" + (
-            f" ({g['scar_percent_lv']:.1f} % of LV myocardium)" if g.get("scar_percent_lv") is not None else "")
-        written["overlay"] = write_overlay(image, result.labels, out_dir / f"{name}_overlay.png", title)
+    options = {"batch_size": batch_size, "insertion_point": insertion_point, "overlay": overlay,
+               "pixel_spacing": pixel_spacing, "force": force, "dicom_seg": dicom_seg}
+    record = outputs.run_record(input_files(path), options, started, segmenter, result, notes + report.warnings)
+    written = outputs.write_study(out_dir, name, report, record, labels=result.labels, qc_flags=result.qc_flags,
+                                  overlay_image=image if overlay else None, dicom_files=dicom_files)
     written["metrics"] = report.global_metrics
-    written["warnings"] = notes + report.warnings
+    written["summary_row"] = outputs.summary_row(report, result.qc_flags)
+    written["warnings"] = record["warnings"]
     written["qc_flags"] = list(result.qc_flags)
     return written
 
 
 def cmd_segment(args) -> int:
-    from .inference import Segmenter
+    from tqdm import tqdm
 
+    from . import outputs
+    from .inference import Segmenter
+    from .io import input_stem
+
+    inputs, part = list(args.inputs), None
+    if (args.part is None) != (args.parts is None) or (args.parts is not None and not 0 <= args.part < args.parts):
+        raise ScarNetError("give --part K and --parts N together, with 0 <= K < N (e.g. --part 0 --parts 4)")
+    if args.parts is not None:
+        part = (args.part, args.parts)
+        inputs = inputs[args.part::args.parts]  # every N-th study, as nnU-Net's -part_id/-num_parts
     segmenter = Segmenter(args.model, device=args.device, precision=args.precision)
     print(f"model: {segmenter.model_info.get('name')} on {segmenter.device}", file=sys.stderr)
     out_dir = Path(args.output)
+    cohort = outputs.CohortTable(out_dir, part)
     failures = 0
-    for path in args.inputs:
+    for path in tqdm(inputs, desc="studies", unit="study", file=sys.stderr):
+        planned = _planned(path, args.overlay, args.dicom_seg)
+        done = outputs.completed_summary(out_dir, input_stem(path), planned) if args.resume else None
+        if done is not None:
+            cohort.add(path, "ok", summary=done)
+            _say(f"{path}: complete in {out_dir}, skipped (--resume)")
+            continue
         try:
-            written = segment_one(segmenter, path, out_dir, args.batch_size, args.overwrite,
+            # --resume redoes a study it cannot prove complete, replacing its partial files
+            written = segment_one(segmenter, path, out_dir, args.batch_size, args.overwrite or args.resume,
                                   tuple(args.insertion_point) if args.insertion_point else None, args.overlay,
-                                  args.pixel_spacing, force=args.force)
-        except ScarNetError as exc:
+                                  args.pixel_spacing, force=args.force, dicom_seg=args.dicom_seg)
+        except Exception as exc:  # one study's failure is reported and recorded; the cohort goes on
             failures += 1
-            print(f"scarnet: {path}: {exc}", file=sys.stderr)
+            reason = str(exc) if isinstance(exc, ScarNetError) else f"{type(exc).__name__}: {exc}"
+            cohort.add(path, "failed", reason)
+            _say(f"scarnet: {path}: {reason}", err=True)
             if args.verbose:
                 traceback.print_exc()
             continue
+        cohort.add(path, "ok", summary=written["summary_row"])
         _print_summary(path, written)
+    if inputs:
+        _say(f"cohort table: {cohort.path}")
     if failures:
-        print(f"scarnet: {failures} of {len(args.inputs)} input(s) failed", file=sys.stderr)
+        _say(f"scarnet: {failures} of {len(inputs)} input(s) failed", err=True)
     return 1 if failures else 0
 
 
 def _print_summary(path, written: dict):
     g = written["metrics"]
     pct = g.get("scar_percent_lv")
-    print(f"{path}: myocardium {g['myocardium_ml']:.1f} mL, scar {g['scar_ml']:.1f} mL"
-          + (f" ({pct:.1f} % of LV)" if pct is not None else "") + f", MVO {g['mvo_ml']:.1f} mL")
+    _say(f"{path}: myocardium {g['myocardium_ml']:.1f} mL, scar {g['scar_ml']:.1f} mL"
+         + (f" ({pct:.1f} % of LV)" if pct is not None else "") + f", MVO {g['mvo_ml']:.1f} mL")
     from .inference import QC_MESSAGES
     for flag in written.get("qc_flags", []):
-        print(f"warning: {path}: {flag}: {QC_MESSAGES.get(flag, flag)}", file=sys.stderr)
+        _say(f"warning: {path}: {flag}: {QC_MESSAGES.get(flag, flag)}", err=True)
     for warning in written.get("warnings", []):
-        print(f"  note: {warning}")
+        _say(f"  note: {warning}")
     for key, value in written.items():
-        if key not in ("metrics", "warnings", "qc_flags"):
-            print(f"  wrote {value}")
+        if key not in ("metrics", "summary_row", "warnings", "qc_flags"):
+            _say(f"  wrote {value}")
+
+
+def cmd_quantify(args) -> int:
+    from . import outputs
+    from .io import input_stem, read_image
+    from .quantify import quantify
+
+    name = args.name or input_stem(args.labels)
+    out_dir = Path(args.output)
+    outputs.refuse_overwrite(out_dir, name, args.overwrite)
+    started = outputs.now()
+    labels = read_image(args.labels)
+    image = read_image(args.image) if args.image else None
+    remote = read_image(args.remote) if args.remote else None
+    insertion = tuple(args.insertion_point) if args.insertion_point else None
+    result = quantify(labels, image=image, density_g_per_ml=args.density, insertion_point=insertion,
+                      classical=args.classical, remote_mask=remote)
+    options = {"density_g_per_ml": args.density, "insertion_point": insertion, "classical": args.classical}
+    files = [f for f in (args.labels, args.image, args.remote) if f]
+    record = outputs.run_record(files, options, started, warnings=result.warnings)
+    written = outputs.write_study(out_dir, name, result, record)
+    print(outputs.bullseye_title(result, name))
+    g = result.global_metrics
+    if g.get("myocardium_ml") is not None:
+        print(f"LV myocardium {g['myocardium_ml']:.1f} mL ({g['myocardium_g']:.1f} g), "
+              f"blood pool {g['blood_pool_ml']:.1f} mL")
+    for method in result.classical_labels:
+        pct = g.get(f"scar_percent_lv_{method}")
+        print(f"  {method}: scar {g[f'scar_ml_{method}']:.1f} mL" + (f" ({pct:.1f} %)" if pct is not None else ""))
+    for warning in result.warnings:
+        print(f"note: {warning}")
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -206,13 +281,34 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     seg.add_argument("--pixel-spacing", type=float, metavar="MM",
                      help="pixel size for inputs without one (PNG; default: the model's nominal size)")
+    seg.add_argument("--dicom-seg", action="store_true",
+                     help="for a DICOM series input, also write <name>_seg.dcm (DICOM Segmentation)")
     seg.add_argument("--overwrite", action="store_true", help="replace earlier results in OUTDIR")
+    seg.add_argument("--resume", action="store_true",
+                     help="skip studies whose files and run record are complete in OUTDIR; redo the others")
+    seg.add_argument("--part", type=int, metavar="K", help="with --parts N: segment every N-th input, from "
+                     "the K-th (0-based); the rows go to OUTDIR/cohort.part-K-of-N.csv")
+    seg.add_argument("--parts", type=int, metavar="N", help="split the inputs into N parts (machines, SLURM array)")
     seg.add_argument("--force", action="store_true",
                      help="segment an input even though it looks like a label map (few integer values)")
     seg.set_defaults(func=cmd_segment)
 
-    from .quantify.cli import register
-    register(sub)
+    quant = sub.add_parser("quantify", help="volumes, AHA segments and bullseye from a label volume",
+                           description=QUANTIFY_DESCRIPTION)
+    quant.add_argument("labels", metavar="LABELS", help="label volume (NIfTI/NRRD/MHA, values 0..4)")
+    quant.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    quant.add_argument("--name", help="file-name stem of the outputs (default: LABELS without its suffix)")
+    quant.add_argument("--image", metavar="IMAGE", help="the LGE image on the same grid (needed for --classical)")
+    quant.add_argument("--insertion-point", metavar=("X", "Y", "Z"), nargs=3, type=float,
+                       help="anterior RV insertion point, physical LPS mm (Slicer RAS: negate X and Y); "
+                            "without it the point is estimated from the image orientation and flagged")
+    quant.add_argument("--density", type=float, default=1.05, help="myocardial density in g/mL (default 1.05)")
+    quant.add_argument("--classical", action="store_true",
+                       help="also threshold n-SD (2, 3, 5, 6) and FWHM inside the labelled myocardium")
+    quant.add_argument("--remote", metavar="MASK",
+                       help="remote (healthy) myocardium mask for n-SD; default: automatic, see the docs")
+    quant.add_argument("--overwrite", action="store_true", help="replace earlier results in OUTDIR")
+    quant.set_defaults(func=cmd_quantify)
 
     demo = sub.add_parser("demo", help="run the bundled model on the bundled EMIDEC sample")
     demo.add_argument("-o", "--output", metavar="OUTDIR", help="default: ./scarnet_demo (or -2, -3… if used)")

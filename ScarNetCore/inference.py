@@ -80,6 +80,7 @@ class SegmentationResult:
     probabilities: sitk.Image | None = None  # float32 vector image (5 components), on request
     model_info: dict = field(default_factory=dict)
     qc_flags: list[str] = field(default_factory=list)   # e.g. no_lv_found, low_confidence, lv_at_image_edge
+    confidence: float | None = None   # mean top-class probability over the voxels labelled LV (None: no LV)
 
 
 QC_MESSAGES = {
@@ -176,7 +177,7 @@ class Segmenter:
                 qc_flags += self._drop_small_scar(labels, image)
         return SegmentationResult(self._to_image(labels, axis, image),
                                   self._probabilities_image(out.probabilities, axis, image),
-                                  self.model_info, qc_flags)
+                                  self.model_info, qc_flags, out.lv_confidence if out.lv_pixels else None)
 
     def _check_cancel(self, cancel):
         if cancel is not None and cancel():

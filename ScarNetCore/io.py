@@ -82,6 +82,21 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
 
 def _read_dicom_folder(path: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in dicom_series_files(path)])
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the DICOM series ({_first_line(exc)}); copy the series again, "
+                         "or export it uncompressed from the scanner/PACS") from exc
+
+
+def dicom_series_files(path: str | os.PathLike) -> list[Path]:
+    """The files of the one DICOM series in a folder, in slice order (the image's k axis).
+
+    The reader, the run record's checksums and the DICOM SEG's source references all use this list.
+    """
+    path = Path(path)
+    reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(path))
     files = {uid: reader.GetGDCMSeriesFileNames(str(path), uid) for uid in series}
     in_series = {Path(f).name for names in files.values() for f in names}
@@ -96,12 +111,13 @@ def _read_dicom_folder(path: Path) -> sitk.Image:
         raise InputError(f"{path}: folder holds no DICOM series; give a DICOM series folder or an image file")
     if len(series) > 1:
         raise InputError(f"{path}: folder holds {len(series)} DICOM series; put the LGE short-axis series in a folder of its own")
-    reader.SetFileNames(files[series[0]])
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read the DICOM series ({_first_line(exc)}); copy the series again, "
-                         "or export it uncompressed from the scanner/PACS") from exc
+    return [Path(f) for f in files[series[0]]]
+
+
+def input_files(path: str | os.PathLike) -> list[Path]:
+    """Every file an input consists of: the file itself, or each file of a DICOM series folder."""
+    path = Path(path)
+    return dicom_series_files(path) if path.is_dir() else [path]
 
 
 def _looks_like_dicom(path: Path) -> bool:

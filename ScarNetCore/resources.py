@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "scarnet_litemedsam_emidec.safetensors"
+DEFAULT_MODEL_NAME = "scarnet_v2_emidec.safetensors"           # model v2: the cascade (the default)
+V1_MODEL_NAME = "scarnet_litemedsam_emidec.safetensors"         # model v1: whole-field, kept for comparison
 SAMPLE_VOLUME_NAME = "EMIDEC_samplePositive_LGE.nii.gz"
 
 
@@ -19,6 +20,10 @@ def resources_dir() -> Path:
 
 def default_model_path() -> Path:
     return resources_dir() / "Models" / DEFAULT_MODEL_NAME
+
+
+def v1_model_path() -> Path:
+    return resources_dir() / "Models" / V1_MODEL_NAME
 
 
 def default_model_sha256() -> str | None:

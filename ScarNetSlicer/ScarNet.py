@@ -344,10 +344,7 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # quantification ------------------------------------------------------------------------
     def onUpdateQuantification(self):
         p = self._parameterNode
-        insertion = None
-        if p.insertionPoint and p.insertionPoint.GetNumberOfControlPoints() > 0:
-            insertion = [0.0, 0.0, 0.0]
-            p.insertionPoint.GetNthControlPointPositionWorld(0, insertion)
+        insertion = self._insertionPointRas()
         try:
             with slicer.util.WaitCursor():
                 table = self.logic.quantify(p.segmentationToQuantify, p.inputVolume, p.resultTable, p.perSliceTable,
@@ -361,25 +358,34 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         warnings = getattr(self.logic.lastQuantification, "warnings", None) or []
         self.ui.quantificationNotesLabel.text = "\n".join(warnings)
 
-    def onExportTable(self):
+    def _insertionPointRas(self):
         p = self._parameterNode
-        default = os.path.join(qt.QDir.homePath(), f"{p.resultTable.GetName()}.csv")
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export table"), default, "CSV (*.csv)")
-        if not path:
+        if not (p.insertionPoint and p.insertionPoint.GetNumberOfControlPoints() > 0):
+            return None
+        insertion = [0.0, 0.0, 0.0]
+        p.insertionPoint.GetNthControlPointPositionWorld(0, insertion)
+        return insertion
+
+    def onExportTable(self):
+        """Export the study's files into a folder, named and written as the command line writes them."""
+        p = self._parameterNode
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export results into folder"),
+                                                     qt.QDir.homePath())
+        if not folder:
             return
-        try:
-            written = [self.logic.exportTable(p.resultTable, path)]
-            stem = Path(path).with_suffix("")
-            for suffix, table in (("_per_slice", p.perSliceTable), ("_aha_segments", p.perSegmentTable)):
-                if table:
-                    written.append(self.logic.exportTable(table, f"{stem}{suffix}.csv"))
-            if self.logic.lastQuantification is not None:
-                reports = self.logic.writeReports(Path(path).parent, stem.name)
-                written += list(reports.values()) if isinstance(reports, dict) else list(reports)
-        except Exception as exc:
-            slicer.util.errorDisplay(_("Export failed:") + "\n" + str(exc))
+        from ScarNetCore import outputs
+        name = p.inputVolume.GetName()
+        existing = [str(f) for f in outputs.study_paths(folder, name).values() if f.exists()]
+        if existing and not slicer.util.confirmOkCancelDisplay(
+                _("Replace the earlier results of '{name}' in this folder?").format(name=name),
+                detailedText="\n".join(existing)):
             return
-        slicer.util.infoDisplay(_("Written:") + "\n" + "\n".join(str(w) for w in written))
+        insertion = self._insertionPointRas()
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            written = self.logic.exportResults(p.segmentationToQuantify, p.inputVolume, folder, name,
+                                               densityGPerMl=p.settings.densityGPerMl, insertionPointRas=insertion,
+                                               overwrite=bool(existing))
+            slicer.util.infoDisplay(_("Written:") + "\n" + "\n".join(str(w) for w in written.values()))
 
 
 # --------------------------------------------------------------------------------------- logic

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import csv
 import gzip
 import io
 import json
@@ -185,7 +186,13 @@ def test_every_bad_input_failed_and_the_run_says_so(bad_run):
     assert rc == 1
     assert "Traceback" not in err
     assert f"{len(rows)} of {len(rows)} input(s) failed" in err
-    assert not out.exists() or not any(out.iterdir())
+    # no file for any bad input: only the cohort table, every row failed with its reason
+    assert [p.name for p in out.iterdir()] == ["cohort.csv"]
+    with open(out / "cohort.csv", newline="", encoding="utf-8") as handle:
+        table = {row["input"]: row for row in csv.DictReader(handle)}
+    for path, phrases in rows.values():
+        assert table[str(path)]["status"] == "failed"
+        assert all(phrase in table[str(path)]["error"] for phrase in phrases)
 
 
 @pytest.mark.parametrize("row", [make.__name__ for make in ROWS])

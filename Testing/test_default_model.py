@@ -1,7 +1,8 @@
-"""The bundled default model: integrity, metadata, the demo, and accuracy on the two real volumes.
+"""The bundled models: v2 (the default cascade) and v1 (kept for comparison and `--model`).
 
-The accuracy floors are regression guards set below what the shipped model measured (see
-Resources/MODEL_CARD.md); they fail if the bundled weights or the inference pipeline degrade.
+Integrity, metadata, the demo, accuracy on the two real volumes, field-of-view robustness and
+inputs that are not hearts. The accuracy floors are regression guards set below what the shipped
+model measured (see Resources/MODEL_CARD.md); they fail if the weights or the pipeline degrade.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ScarNetCore.checkpoint import read_metadata
 from ScarNetCore.io import sha256_of
 from ScarNetCore.labels import myocardium_mask, scar_mask
 from ScarNetCore.preprocessing import PreprocessConfig
-from ScarNetCore.resources import default_model_path, default_model_sha256, sample_volume_path
+from ScarNetCore.resources import default_model_path, default_model_sha256, sample_volume_path, v1_model_path
 
 from conftest import NEGATIVE_IMAGE, POSITIVE_IMAGE, VOLUMES, needs_data
 
@@ -33,15 +34,27 @@ def test_bundled_model_is_present_and_matches_its_checksum():
 def test_bundled_model_metadata():
     meta = read_metadata(MODEL)
     assert "CC BY-NC-SA 4.0" in meta["licence"]
-    assert meta["config"]["encoder"] == "litemedsam"
+    assert meta["architecture"] == "ScarNetCascade" and set(meta["stages"]) == {"locate", "segment"}
+    for stage in meta["stages"].values():   # all preprocessing travels in the file
+        assert {"spacing_mm", "grid_size", "percentiles"} <= set(stage["geometry"])
     assert meta["classes"] == ["background", "LV blood pool", "healthy myocardium", "scar", "MVO"]
-    assert PreprocessConfig.from_dict(meta["preprocessing"]) == PreprocessConfig()
     split = meta["training_data"]["cases"]
     assert not set(split["train"]) & set(split["test"]), "test cases must not be trained on"
     assert meta["metrics"]["test"]["myocardium_dice_mean"] > 0  # test metrics are recorded
     from safetensors import safe_open
     with safe_open(str(MODEL), framework="pt") as handle:  # shipped in fp16
         assert {str(handle.get_slice(k).get_dtype()) for k in handle.keys()} <= {"F16", "I64"}
+
+
+def test_v1_model_still_loads_and_segments(positive_slab):
+    """A v1 file given with --model keeps working (one checkpoint format, two architectures)."""
+    from ScarNetCore.inference import Segmenter
+    meta = read_metadata(v1_model_path())
+    assert meta["architecture"] == "ScarNet" and meta["config"]["encoder"] == "litemedsam"
+    assert PreprocessConfig.from_dict(meta["preprocessing"]) == PreprocessConfig()
+    result = Segmenter(v1_model_path(), device="cpu", precision="fp32").segment(positive_slab)
+    assert result.labels.GetSize() == positive_slab.GetSize() and result.qc_flags == []
+    assert myocardium_mask(sitk.GetArrayFromImage(result.labels)).any()
 
 
 def test_sample_volume_is_bundled_with_attribution():

@@ -148,7 +148,12 @@ def test_every_bad_input_is_one_clear_line(tmp_path, capsys, model_path):
         assert phrase in line, line
         assert "SimpleITK" not in line and ".cxx" not in line  # the reason, not ITK's source location
     assert f"{len(cases)} of {len(cases)} input(s) failed" in err
-    assert not out.exists() or not any(out.iterdir())
+    # no file for any bad input: only the cohort table, one failed row with its reason per input
+    assert [p.name for p in out.iterdir()] == ["cohort.csv"]
+    with open(out / "cohort.csv", newline="") as handle:
+        rows = {row["input"]: row for row in csv.DictReader(handle)}
+    for path, phrase in cases.items():
+        assert rows[str(path)]["status"] == "failed" and phrase in rows[str(path)]["error"]
 
 
 class WritesMarker:

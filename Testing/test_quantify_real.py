@@ -1,5 +1,4 @@
 """EMIDEC sample case: the reference label's scar % from quantify/CLI equals a direct numpy count."""
-import argparse
 import csv
 from pathlib import Path
 
@@ -7,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from ScarNetCore.cli import build_parser
 from ScarNetCore.quantify import quantify
-from ScarNetCore.quantify import cli as quantify_cli
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emidec" / "volumes"
 LABEL, IMAGE = DATA / "samplePositive_label.nii.gz", DATA / "samplePositive_image.nii.gz"
@@ -37,14 +36,13 @@ def test_emidec_sample_positive(tmp_path):
     print("  5SD / FWHM on the same myocardium: "
           f"{g['scar_percent_lv_5SD']:.2f} % / {g['scar_percent_lv_FWHM']:.2f} %")
 
-    parser = argparse.ArgumentParser()
-    quantify_cli.register(parser.add_subparsers())
-    out = tmp_path / "samplePositive.csv"
-    args = parser.parse_args(["quantify", str(LABEL), "--image", str(IMAGE), "--table", str(out)])
+    out = tmp_path / "samplePositive_scar.csv"
+    args = build_parser().parse_args(["quantify", str(LABEL), "--image", str(IMAGE), "-o", str(tmp_path),
+                                      "--name", "samplePositive"])
     assert args.func(args) == 0
     with open(out, newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert float(row["scar_percent_lv"]) == pytest.approx(direct, rel=1e-9)
     assert int(row["scar_voxels"]) == scar and int(row["myocardium_voxels"]) == myo
-    with open(tmp_path / "samplePositive_slices.csv", newline="") as handle:
+    with open(tmp_path / "samplePositive_scar_slices.csv", newline="") as handle:
         assert sum(int(r["scar_voxels"]) for r in csv.DictReader(handle)) == scar

@@ -1,6 +1,6 @@
 """Report files (CSV, bullseye PNG, classical label volumes) and the `scarnet quantify` subcommand."""
-import argparse
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -8,8 +8,10 @@ import SimpleITK as sitk
 from matplotlib import image as mpimg
 
 from ScarNetCore.errors import InputError
-from ScarNetCore.quantify import quantify, write_reports
-from ScarNetCore.quantify import cli as quantify_cli
+from ScarNetCore.cli import build_parser
+from ScarNetCore.io import sha256_of
+from ScarNetCore.outputs import write_reports
+from ScarNetCore.quantify import quantify
 from ScarNetCore.quantify.phantoms import ring_phantom
 
 REQUIRED = ("myocardium_ml", "myocardium_g", "scar_ml", "scar_g", "scar_percent_lv", "mvo_ml", "mvo_g",
@@ -22,9 +24,7 @@ def _read(path):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="scarnet")
-    quantify_cli.register(parser.add_subparsers(dest="command", required=True))
-    return parser
+    return build_parser()
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +55,11 @@ def test_write_reports_files_and_contents(study, tmp_path):
     p, _, _, image = study
     result = quantify(p.labels, image, insertion_point=p.insertion_point, classical=True)
     paths = write_reports(result, tmp_path / "out", "case1")
-    assert paths["global"].name == "case1_scar.csv" and paths["slices"].name == "case1_scar_slices.csv"
+    assert paths["summary"].name == "case1_scar.csv" and paths["slices"].name == "case1_scar_slices.csv"
     assert paths["segments"].name == "case1_scar_segments.csv" and paths["bullseye"].name == "case1_bullseye.png"
     # only the promised files, no temporary leftovers from the atomic writes
     assert sorted(f.name for f in (tmp_path / "out").iterdir()) == sorted(path.name for path in paths.values())
-    (row,) = _read(paths["global"])
+    (row,) = _read(paths["summary"])
     for column in REQUIRED:
         assert float(row[column]) == pytest.approx(result.global_metrics[column], rel=1e-9)
     assert row["insertion_point_estimated"] == "false"
@@ -83,7 +83,7 @@ def test_bullseye_shows_missing_segments(tmp_path):
     result = quantify(p.labels)
     paths = write_reports(result, tmp_path, "nocap")
     _check_png(paths["bullseye"])
-    (row,) = _read(paths["global"])
+    (row,) = _read(paths["summary"])
     assert row["insertion_point_estimated"] == "true"
     seg17 = _read(paths["segments"])[16]
     assert seg17["myocardium_voxels"] == "0" and seg17["scar_extent_percent"] == ""
@@ -91,12 +91,13 @@ def test_bullseye_shows_missing_segments(tmp_path):
 
 def test_cli_quantify(study, tmp_path, capsys):
     p, labels_path, image_path, _ = study
-    out = tmp_path / "tables" / "case1.csv"
+    out = tmp_path / "tables" / "case1_scar.csv"
     x, y, z = p.insertion_point
-    args = _parser().parse_args(["quantify", str(labels_path), "--image", str(image_path), "--table", str(out),
-                                 "--insertion-point", str(x), str(y), str(z), "--classical", "--density", "1.1"])
+    args = _parser().parse_args(["quantify", str(labels_path), "--image", str(image_path), "-o", str(out.parent),
+                                 "--name", "case1", "--insertion-point", str(x), str(y), str(z), "--classical",
+                                 "--density", "1.1"])
     assert args.func(args) == 0
-    for suffix in ("_slices.csv", "_segments.csv", "_bullseye.png", "_5SD.nii.gz", "_FWHM.nii.gz"):
+    for suffix in ("_scar_slices.csv", "_scar_segments.csv", "_bullseye.png", "_5SD.nii.gz", "_FWHM.nii.gz"):
         assert (tmp_path / "tables" / f"case1{suffix}").is_file(), suffix
     (row,) = _read(out)
     arr = sitk.GetArrayFromImage(p.labels)
@@ -107,12 +108,17 @@ def test_cli_quantify(study, tmp_path, capsys):
     assert row["insertion_point_estimated"] == "false"
     printed = capsys.readouterr().out
     assert "scar" in printed and "case1_bullseye.png" in printed
+    # the run record names the inputs by checksum, and no model (the labels came from the user)
+    record = json.loads((tmp_path / "tables" / "case1_run.json").read_text())
+    assert record["model"] is None and record["options"]["density_g_per_ml"] == 1.1
+    assert [(e["path"], e["sha256"]) for e in record["inputs"]] == [
+        (str(path), sha256_of(path)) for path in (labels_path, image_path)]
 
 
 def test_cli_quantify_errors(study, tmp_path):
     p, labels_path, image_path, _ = study
     parser = _parser()
-    args = parser.parse_args(["quantify", str(labels_path), "--table", str(tmp_path / "a.csv"), "--classical"])
+    args = parser.parse_args(["quantify", str(labels_path), "-o", str(tmp_path), "--name", "a", "--classical"])
     with pytest.raises(InputError, match="need the LGE image"):
         args.func(args)
     bad = sitk.GetArrayFromImage(p.labels).astype(np.int16)
@@ -121,18 +127,19 @@ def test_cli_quantify_errors(study, tmp_path):
     bad_image.CopyInformation(p.labels)
     bad_path = tmp_path / "bad.nii.gz"
     sitk.WriteImage(bad_image, str(bad_path))
-    args = parser.parse_args(["quantify", str(bad_path), "--table", str(tmp_path / "b.csv")])
+    args = parser.parse_args(["quantify", str(bad_path), "-o", str(tmp_path), "--name", "b"])
     with pytest.raises(InputError, match=r"outside 0\.\.4"):
         args.func(args)
     other = sitk.Image(10, 10, 3, sitk.sitkFloat32)
     other_path = tmp_path / "other.nii.gz"
     sitk.WriteImage(other, str(other_path))
-    args = parser.parse_args(["quantify", str(labels_path), "--image", str(other_path), "--table", str(tmp_path / "c.csv")])
+    args = parser.parse_args(["quantify", str(labels_path), "--image", str(other_path), "-o", str(tmp_path), "--name", "c"])
     with pytest.raises(InputError, match="not on the grid"):
         args.func(args)
-    args = parser.parse_args(["quantify", str(labels_path), "--table", str(tmp_path / "c.txt")])
-    with pytest.raises(InputError, match=".csv"):
+    args = parser.parse_args(["quantify", str(labels_path), "-o", str(tmp_path), "--name", "../c"])
+    with pytest.raises(InputError, match="plain file-name stem"):
         args.func(args)
     assert not list(tmp_path.glob("*.csv"))              # nothing half-written on errors
+    assert not list(tmp_path.glob("*.json"))
     with pytest.raises(SystemExit):
-        parser.parse_args(["quantify", str(labels_path)])   # --table is required
+        parser.parse_args(["quantify", str(labels_path)])   # -o is required

@@ -34,7 +34,9 @@ assert hasattr(slicer, "vtkMRMLScene"), "the 'slicer' module found is not slicer
 import SimpleITK as sitk  # noqa: E402
 import vtk  # noqa: E402
 
-from ScarNetCore.errors import CheckpointError, InputError  # noqa: E402
+from ScarNetCore.cli import main as scarnet  # noqa: E402
+from ScarNetCore.errors import CheckpointError, InputError, ScarNetError  # noqa: E402
+from ScarNetCore.io import sha256_of  # noqa: E402
 from ScarNetCore.resources import default_model_path, sample_volume_path  # noqa: E402
 from ScarNetLib import ScarNetLogic, ScarNetSettings, SubprocessRunner, ThreadRunner  # noqa: E402
 from ScarNetLib.Conversion import (ScarNetSceneError, _arrayToMatrix, addVolumeNodeFromSitk,  # noqa: E402
@@ -301,13 +303,17 @@ def test_quantify_follows_manual_edits(logic, tmp_path):
     assert edited["scar_ml"] == pytest.approx(metrics["scar_ml"] - erased * voxelMl, rel=1e-6)
     assert edited["myocardium_ml"] == pytest.approx(metrics["myocardium_ml"] - erased * voxelMl, rel=1e-6)
 
-    path = logic.exportTable(table, tmp_path / "scar.csv")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert {"Measurement", "Value", "Unit", "Note", "Key"} <= set(rows[0])
-    assert float(next(r for r in rows if r["Key"] == "scar_ml")["Value"]) == pytest.approx(edited["scar_ml"])
-    reports = logic.writeReports(tmp_path / "reports", "case")
-    assert any(str(p).endswith("_bullseye.png") for p in (reports.values() if isinstance(reports, dict) else reports))
+    written = logic.exportResults(segmentationNode, volume, tmp_path / "reports", "case")
+    with open(written["summary"], newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert written["summary"].name == "case_scar.csv" and written["bullseye"].name == "case_bullseye.png"
+    assert float(row["scar_ml"]) == pytest.approx(edited["scar_ml"])
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(written["labels"])))
+    np.testing.assert_array_equal(exported, labelArrayFromSegmentation(segmentationNode, volume))  # with the edit
+    record = json.loads(written["run"].read_text())
+    assert record["labels_edited"] is True and record["model"] is None  # applied known labels, no model run
+    with pytest.raises(ScarNetError, match="already exists"):
+        logic.exportResults(segmentationNode, volume, tmp_path / "reports", "case")
 
 
 # ------------------------------------------------------------------------ never lose edits
@@ -486,6 +492,9 @@ def assertExactResult(segmentationNode, volume, directLabels, batchSize):
     np.testing.assert_array_equal(labelArrayFromSegmentation(segmentationNode, volume), expected)
     assert ScarNetLogic.outputState(segmentationNode) == "unchanged"
     assert json.loads(segmentationNode.GetAttribute("ScarNet.Model"))["name"] == directLabels.modelInfo["name"]
+    record = ScarNetLogic.runRecord(segmentationNode)  # travels from every runner, the subprocess's too
+    assert record["model"]["sha256"] == sha256_of(directLabels.modelInfo["path"]) and record["device"] == "cpu"
+    assert ";".join(record["qc_flags"]) == segmentationNode.GetAttribute("ScarNet.QCFlags")
 
 
 def test_process_applies_exactly_what_the_segmenter_returns(sampleSlab, modelSettings, directLabels):
@@ -528,6 +537,38 @@ def test_subprocess_job_applies_exactly(sampleSlab, modelSettings, directLabels)
     state = job.wait(timeout=300)
     assert state.status == "finished", state.message
     assertExactResult(job.segmentationNode, volume, directLabels, batchSize=1)
+
+
+def test_export_writes_the_files_the_command_line_writes(tmp_path, model_path, positive_slab):
+    """The same image and model through `scarnet segment` and through Slicer (segment, then Export):
+    the same file names, labels, tables, bullseye and run-record facts."""
+    source = tmp_path / "case.nii.gz"
+    sitk.WriteImage(positive_slab, str(source))
+    assert scarnet(["segment", str(source), "-o", str(tmp_path / "cli"), "--model", str(model_path),
+                    "--device", "cpu"]) == 0  # automatic precision, as the Slicer runners use
+    scene = slicer.vtkMRMLScene()
+    volume = addVolumeNodeFromSitk(scene, sitk.ReadImage(str(source)), "case")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(source))  # as if loaded from the file: the record names it with its checksum
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    logic = ScarNetLogic()
+    segmentationNode = logic.process(volume, settings=ScarNetSettings(useBundledModel=False, modelPath=model_path,
+                                                                      device="cpu"))
+    written = logic.exportResults(segmentationNode, volume, tmp_path / "slicer")
+
+    cli, slicerOut = tmp_path / "cli", tmp_path / "slicer"
+    assert sorted(p.name for p in slicerOut.iterdir()) == sorted(p.name for p in cli.iterdir() if p.name != "cohort.csv")
+    for kind in ("summary", "slices", "segments", "bullseye"):
+        assert written[kind].read_bytes() == (cli / written[kind].name).read_bytes(), kind
+    ours, theirs = sitk.ReadImage(str(written["labels"])), sitk.ReadImage(str(cli / "case_seg.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
+    assert (ours.GetSpacing(), ours.GetOrigin(), ours.GetDirection()) == \
+        (theirs.GetSpacing(), theirs.GetOrigin(), theirs.GetDirection())
+    mine, reference = (json.loads(p.read_text()) for p in (written["run"], cli / "case_run.json"))
+    for key in ("scarnet_version", "model", "device", "precision", "inputs", "qc_flags", "confidence", "outputs"):
+        assert mine[key] == reference[key], key
+    assert mine["inputs"] == [{"path": str(source), "sha256": sha256_of(source)}]
+    assert mine["labels_edited"] is False and mine["input_volume"] == "case"
 
 
 @pytest.mark.parametrize("runnerKind", ["thread", "subprocess"])

@@ -1,12 +1,14 @@
-"""Inference speed and memory of a ScarNet model, fp32 vs bf16, and how far bf16 changes the labels.
+"""Inference speed and memory of ScarNet models (v1 and v2 side by side), fp32 vs auto precision,
+and how far reduced precision changes the labels.
 
-    python benchmarks/benchmark_inference.py [--model CKPT] [--large] [--device cpu] [--batch-size 8]
+    python benchmarks/benchmark_inference.py [--models v1,v2 | --models CKPT,...] [--large] [--device cpu]
 
-Default study: 10 slices of 256×256 (1.25 mm, 8 mm slices); --large: 40 slices of 512×512. Each
-precision runs in a fresh process so that its peak RSS (ru_maxrss) is its own; tracemalloc adds the
-peak of host numpy buffers during segment(). A warm-up slice runs before timing (one-time kernel
-selection is not throughput). Without --model the bundled model is used; if it is absent, a randomly
-initialised ScarNet (pretrained LiteMedSAM encoder) stands in: same cost, meaningless labels.
+Default study: the bundled EMIDEC sample (real LGE, 248×258 at 1.41 mm) with its 7 slices cycled to
+10, so that every slice holds LV and v2's stage 2 runs on all of them (its worst case); --large: a
+40-slice 512×512 phantom. Each model and precision runs in a fresh process so that its peak RSS
+(ru_maxrss) is its own; tracemalloc adds the peak of host numpy buffers during segment(). A warm-up
+slice runs before timing (one-time kernel selection is not throughput). `v1` and `v2` name the
+bundled files (Resources/Models); a path names any checkpoint.
 """
 from __future__ import annotations
 
@@ -43,14 +45,23 @@ def phantom_study(slices: int, size: int, seed: int = 0) -> sitk.Image:
     return image
 
 
+def sample_study(slices: int) -> sitk.Image:
+    """The bundled real LGE sample, its slices cycled to `slices`."""
+    from ScarNetCore.resources import sample_volume_path
+    volume = sitk.ReadImage(str(sample_volume_path()))
+    array = sitk.GetArrayFromImage(volume).astype(np.float32)
+    image = sitk.GetImageFromArray(array[np.arange(slices) % len(array)])
+    image.SetSpacing(volume.GetSpacing())
+    return image
+
+
 def worker(args) -> None:
     import torch
 
     from ScarNetCore.inference import Segmenter
 
     image = sitk.ReadImage(args.study)
-    segmenter = Segmenter(None if args.model == "bundled" else args.model, device=args.device,
-                          precision=args.precision)
+    segmenter = Segmenter(args.model, device=args.device, precision=args.precision)
     segmenter.segment(image[:, :, :1], batch_size=1)  # warm-up
     tracemalloc.start()
     start = time.perf_counter()
@@ -60,40 +71,27 @@ def worker(args) -> None:
     tracemalloc.stop()
     np.save(args.labels_out, sitk.GetArrayFromImage(result.labels))
     print(json.dumps({
-        "precision": args.precision, "autocast": str(segmenter.dtype), "seconds": seconds,
+        "precision": args.precision, "autocast": str(segmenter.dtype).replace("torch.", ""), "seconds": seconds,
         "slices_per_s": image.GetSize()[2] / seconds, "threads": torch.get_num_threads(),
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "numpy_peak_mb": traced_peak / 1e6,
     }))
 
 
-def resolve_model(model: str | None, workdir: Path) -> tuple[str, str]:
-    from ScarNetCore.resources import default_model_path
-
-    if model:
-        return model, model
-    if default_model_path().is_file():
-        return "bundled", str(default_model_path())
-    import torch
-
-    from ScarNetCore.checkpoint import save_checkpoint
-    from ScarNetCore.model import ScarNet, ScarNetConfig
-
-    print(f"note: no bundled model at {default_model_path()}; timing a randomly initialised ScarNet "
-          "(pretrained LiteMedSAM encoder) instead: same cost, meaningless labels", flush=True)
-    torch.manual_seed(0)
-    path = save_checkpoint(workdir / "random_scarnet.safetensors", ScarNet(ScarNetConfig()), name="random-init")
-    return str(path), str(path)
+def resolve_model(name: str) -> str:
+    from ScarNetCore.resources import default_model_path, v1_model_path
+    return str({"v1": v1_model_path(), "v2": default_model_path()}.get(name, name))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="ScarNet .safetensors checkpoint (default: bundled model)")
+    parser.add_argument("--models", default="v1,v2", help="comma-separated: v1, v2 (bundled) or checkpoint paths")
     parser.add_argument("--large", action="store_true", help="40 slices of 512×512 instead of 10 of 256×256")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="fp32,auto")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--study", help=argparse.SUPPRESS)
     parser.add_argument("--labels-out", help=argparse.SUPPRESS)
@@ -103,37 +101,46 @@ def main(argv=None) -> int:
         return 0
 
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
-    slices, size = (40, 512) if args.large else (10, 256)
     with tempfile.TemporaryDirectory(prefix="scarnet-bench-") as tmp:
         workdir = Path(tmp)
-        model_arg, model_shown = resolve_model(args.model, workdir)
         study = workdir / "study.nii.gz"
-        sitk.WriteImage(phantom_study(slices, size), str(study))
-        print(f"model: {model_shown}\nstudy: {slices} slices × {size}×{size} (phantom), device {args.device}, "
-              f"batch size {args.batch_size}")
-        rows, labels = [], {}
-        for precision in args.precisions.split(","):
-            out = workdir / f"labels_{precision}.npy"
-            proc = subprocess.run([sys.executable, __file__, "--worker", "--precision", precision, "--study", str(study),
-                                   "--labels-out", str(out), "--model", model_arg, "--device", args.device,
-                                   "--batch-size", str(args.batch_size)], capture_output=True, text=True)
-            if proc.returncode:
-                print(f"{precision}: failed\n{proc.stderr.strip().splitlines()[-1]}")
-                continue
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            labels[precision] = np.load(out)
-        print(f"{'precision':<10}{'autocast':<16}{'seconds':>9}{'slices/s':>10}{'peak RSS MB':>13}{'numpy peak MB':>15}")
+        image = phantom_study(40, 512) if args.large else sample_study(10)
+        sitk.WriteImage(image, str(study))
+        size = image.GetSize()
+        print(f"study: {size[2]} slices × {size[0]}×{size[1]} ({'phantom' if args.large else 'EMIDEC sample'}), "
+              f"device {args.device}, batch size {args.batch_size}")
+        rows = []
+        for model in args.models.split(","):
+            labels = {}
+            for precision in args.precisions.split(","):
+                out = workdir / f"labels_{len(rows)}.npy"
+                proc = subprocess.run([sys.executable, __file__, "--worker", "--precision", precision,
+                                       "--study", str(study), "--labels-out", str(out), "--model", resolve_model(model),
+                                       "--device", args.device, "--batch-size", str(args.batch_size)],
+                                      capture_output=True, text=True)
+                if proc.returncode:
+                    print(f"{model} {precision}: failed\n{proc.stderr.strip().splitlines()[-1]}")
+                    continue
+                row = {"model": model, **json.loads(proc.stdout.strip().splitlines()[-1])}
+                labels[precision] = np.load(out)
+                if precision != "fp32" and "fp32" in labels:
+                    row["agree"] = 100.0 * float((labels[precision] == labels["fp32"]).mean())
+                rows.append(row)
+        print(f"{'model':<8}{'precision':<10}{'autocast':<10}{'seconds':>9}{'slices/s':>10}{'peak RSS MB':>13}"
+              f"{'numpy peak MB':>15}{'voxels = fp32':>15}")
         for r in rows:
-            print(f"{r['precision']:<10}{r['autocast']:<16}{r['seconds']:>9.2f}{r['slices_per_s']:>10.2f}"
-                  f"{r['ru_maxrss_mb']:>13.0f}{r['numpy_peak_mb']:>15.1f}")
+            agree = f"{r['agree']:.3f} %" if "agree" in r else "-"
+            print(f"{r['model']:<8}{r['precision']:<10}{r['autocast']:<10}{r['seconds']:>9.2f}{r['slices_per_s']:>10.2f}"
+                  f"{r['ru_maxrss_mb']:>13.0f}{r['numpy_peak_mb']:>15.1f}{agree:>15}")
         if rows:
             print(f"torch threads: {rows[0]['threads']}")
-        if "fp32" in labels and len(labels) > 1:
-            for precision, other in labels.items():
-                if precision != "fp32":
-                    agree = 100.0 * float((other == labels["fp32"]).mean())
-                    print(f"voxel agreement {precision} vs fp32: {agree:.3f} % "
-                          f"({int((other != labels['fp32']).sum())} of {other.size} voxels differ)")
+        by = {(r["model"], r["precision"]): r["seconds"] for r in rows}
+        models = args.models.split(",")
+        if len(models) == 2:
+            for precision in args.precisions.split(","):
+                if (models[0], precision) in by and (models[1], precision) in by:
+                    print(f"{precision}: {models[1]} is {by[(models[0], precision)] / by[(models[1], precision)]:.1f}× "
+                          f"as fast as {models[0]}")
     return 0
 
 

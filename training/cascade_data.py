@@ -7,8 +7,9 @@ slice at its pixel spacing by one affine map per view (torch grid_sample):
   black outside; intensity normalised over the field of view only. Target: LV (blood pool +
   myocardium) or not. Some views are synthetic non-hearts (noise, blank, smooth blobs).
 - segment: a crop at the fine spacing centred on the case's LV centre plus a jitter as large as
-  the localisation error, rotated, flipped, zoomed; normalised over the part of the crop that lies
-  in the image. Target: the five labels.
+  the localisation error, rotated, flipped, zoomed; sometimes the image itself is cut to a small
+  field of view around the heart first (a user's crop: the window then holds padding). Normalised
+  over the part of the crop that lies in the image. Target: the five labels, background outside.
 Intensity augmentation (gamma, contrast, bias, blur, low resolution, noise) follows.
 Randomness depends on (seed, epoch, index) alone, so a resumed run replays the same views.
 """
@@ -33,6 +34,8 @@ class ViewConfig:
     scale: tuple[float, float] = (0.8, 1.25)      # zoom: covers the pixel-spacing spread of the PNG export
     p_flip: float = 0.5
     p_negative_segment: float = 0.03              # segment: noise crops with an empty target
+    p_user_crop: float = 0.3                      # segment: the image was cropped close to the heart
+    user_crop_mm: tuple[float, float] = (80.0, 200.0)   # side of such a crop (the heart stays inside)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ViewConfig":
@@ -130,10 +133,28 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
     coords, _, _ = _coords(geometry, matrix, centre, case.spacing)
     image, mask, inside = _sample(case.images[index], case.masks[index], coords)
+    if cfg is not None and rng.random() < cfg.p_user_crop:
+        # an axis-aligned field of view in the source image, around the heart
+        side = rng.uniform(*cfg.user_crop_mm, 2) / case.spacing
+        fov_centre = case.centre + rng.uniform(-0.15, 0.15, 2) * side
+        inside &= np.all(np.abs(coords - fov_centre[:, None, None]) <= side[:, None, None] / 2, axis=0)
+        mask = mask * inside
     image = normalize_in_window(image, inside)
     if aug is not None:
         image = augment_intensity(image, rng, aug) * inside
     return image, mask
+
+
+def lv_crops(samples, geometry: StageGeometry, source_spacing_mm: float) -> list:
+    """Every slice as its unaugmented crop at the case's LV centre: what a frozen-encoder run encodes
+    and caches (the cache's augmented views and on-the-fly warps then add rotation, zoom and jitter)."""
+    from .data import SliceSample
+    views = StageViews(samples, "segment", geometry, source_spacing_mm, seed=0, train=False)
+    crops = []
+    for k, (case, index) in enumerate(views.items):
+        view = views[k]
+        crops.append(SliceSample(case, index, view["image"][0].numpy(), view["mask"].numpy().astype(np.uint8)))
+    return crops
 
 
 class StageViews(torch.utils.data.Dataset):

@@ -22,6 +22,9 @@ Metrics per case and structure:
   entirely or predicted where the reference has none). 3-D for both layouts, so PNG stacks and
   NIfTI volumes are scored alike (with the nominal 1.25 × 1.25 × 10 mm voxels for PNGs).
 - volumes in mL and scar % of LV myocardium = 100·|scar|/|myocardium| (NaN without myocardium).
+- the EMIDEC challenge's own definitions, side by side (`emidec_*`): Dice per case in 3-D on
+  myocardium (2∪3∪4), infarct (label 3 only) and MVO (label 4 only), where an empty prediction on an
+  empty reference scores 1, averaged over all cases.
 
 Summary (summary.json / summary.csv): mean ± SD (sample SD, ddof 1) over cases. Dice of a structure
 is averaged over the cases whose reference has it (all cases for myocardium; scar/MVO: infarct
@@ -53,11 +56,20 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from ScarNetCore.errors import ScarNetError
 from ScarNetCore.io import atomic_path
-from ScarNetCore.labels import myocardium_mask, scar_mask
+from ScarNetCore.labels import MVO, SCAR, myocardium_mask, scar_mask
 from training.data import SLICE_NAME, remap_labels, volume_stem
 from training.metrics import STRUCTURES, dice
 LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")
 DEFAULT_THICKNESS_MM = 10.0
+# the EMIDEC challenge's structures: infarct and MVO each one label, not nested
+EMIDEC_STRUCTURES = {"myocardium": myocardium_mask, "infarct": lambda labels: labels == SCAR,
+                     "mvo": lambda labels: labels == MVO}
+
+
+def emidec_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """The challenge's Dice: an empty prediction on an empty reference is a perfect 1."""
+    value = dice(pred, ref)
+    return 1.0 if math.isnan(value) else value
 
 
 @dataclass
@@ -207,6 +219,8 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing, surface: bool = Tru
             out[f"{name}_hd95_mm"] = hd95(p, r, spacing)
         out[f"ref_{name}_ml"] = float(r.sum()) * voxel_ml
         out[f"pred_{name}_ml"] = float(p.sum()) * voxel_ml
+    for name, mask in EMIDEC_STRUCTURES.items():
+        out[f"emidec_{name}_dice"] = emidec_dice(mask(pred), mask(ref))
     for who, labels in (("ref", ref), ("pred", pred)):
         myo = int(myocardium_mask(labels).sum())
         out[f"{who}_scar_percent"] = 100.0 * int(scar_mask(labels).sum()) / myo if myo else math.nan
@@ -235,6 +249,10 @@ def summarize(rows: list[dict]) -> dict:
             entry.update({"hd95_mm_mean": mean, "hd95_mm_sd": sd, "hd95_cases": n,
                           "infinite_hd95_cases": [r["case"] for r in rows if r[f"{name}_hd95_mm"] == math.inf]})
         summary["structures"][name] = entry
+    if rows and "emidec_myocardium_dice" in rows[0]:
+        summary["emidec"] = {name: dict(zip(("dice_mean", "dice_sd", "dice_cases"),
+                                            _mean_sd([r[f"emidec_{name}_dice"] for r in rows])))
+                             for name in EMIDEC_STRUCTURES}
     for quantity in ("scar_percent", "scar_ml"):
         summary[f"{quantity}_agreement"] = agreement([r[f"pred_{quantity}"] for r in rows],
                                                      [r[f"ref_{quantity}"] for r in rows])
@@ -277,6 +295,9 @@ def summary_rows(summary: dict) -> list[dict]:
         if "hd95_mm_mean" in e:
             rows.append({"quantity": f"{name}_hd95_mm", "mean": e["hd95_mm_mean"], "sd": e["hd95_mm_sd"],
                          "n": e["hd95_cases"], "note": f"infinite (one mask empty): {len(e['infinite_hd95_cases'])}"})
+    for name, e in summary.get("emidec", {}).items():
+        rows.append({"quantity": f"emidec_{name}_dice", "mean": e["dice_mean"], "sd": e["dice_sd"],
+                     "n": e["dice_cases"], "note": "EMIDEC challenge definition: all cases, empty on empty = 1"})
     for quantity in ("scar_percent", "scar_ml"):
         a = summary[f"{quantity}_agreement"]
         rows.append({"quantity": f"{quantity}_bias", "mean": a["bias"], "sd": a["sd_difference"], "n": a["n"],
@@ -324,10 +345,13 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     rows, runs, clean = [], [], {}
     for index, case in enumerate(cases):
         t0 = time.time()
-        pred = sitk.GetArrayFromImage(segmenter.segment(case.image, batch_size=args.batch_size).labels)
+        result = segmenter.segment(case.image, batch_size=args.batch_size)
+        pred = sitk.GetArrayFromImage(result.labels)
         row = {"case": case.id, "slices": int(case.labels.shape[0]),
                "spacing_mm": "×".join(f"{s:g}" for s in case.spacing),
-               **case_metrics(pred, case.labels, case.spacing), "seconds": round(time.time() - t0, 2)}
+               **case_metrics(pred, case.labels, case.spacing), "qc_flags": ";".join(result.qc_flags),
+               "confidence": result.confidence if result.confidence is not None else math.nan,
+               "seconds": round(time.time() - t0, 2)}
         rows.append(row)
         log(f"[{index + 1}/{len(ids)}] {case.id}: Dice myo {row['myocardium_dice']:.3f} scar {row['scar_dice']:.3f} "
             f"mvo {row['mvo_dice']:.3f}; scar % ref {row['ref_scar_percent']:.1f} pred {row['pred_scar_percent']:.1f}")

@@ -62,11 +62,27 @@ def correlation_plot(pred, ref, path, quantity: str = "scar % of LV myocardium")
 
 
 def bland_altman_plot(pred, ref, path, quantity: str = "scar % of LV myocardium") -> dict:
+    fig, ax = _figure()
+    stats = _bland_altman(ax, pred, ref, quantity, "Bland–Altman")
+    _save(fig, path)
+    return stats
+
+
+def bland_altman_comparison(models: dict[str, tuple], path, quantity: str = "scar % of LV myocardium") -> dict:
+    """One Bland–Altman panel per model ({name: (pred, ref)}), side by side on the same axes."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5 * len(models), 4.5), dpi=120)
+    axes = fig.subplots(1, len(models), sharex=True, sharey=True, squeeze=False)[0]
+    stats = {name: _bland_altman(ax, pred, ref, quantity, name) for ax, (name, (pred, ref)) in zip(axes, models.items())}
+    _save(fig, path)
+    return stats
+
+
+def _bland_altman(ax, pred, ref, quantity: str, title: str) -> dict:
     stats = agreement(pred, ref)
     pred, ref = np.asarray(pred, float), np.asarray(ref, float)
     keep = np.isfinite(pred) & np.isfinite(ref)
     mean, diff = (pred[keep] + ref[keep]) / 2, pred[keep] - ref[keep]
-    fig, ax = _figure()
     ax.scatter(mean, diff, s=22, alpha=0.8, edgecolors="none")
     if stats["n"]:
         ax.axhline(stats["bias"], color="k", lw=1, label=f"bias {stats['bias']:+.2f}")
@@ -78,10 +94,9 @@ def bland_altman_plot(pred, ref, path, quantity: str = "scar % of LV myocardium"
     ax.axhline(0, color="0.7", lw=0.8)
     ax.set_xlabel(f"mean of predicted and reference {quantity}")
     ax.set_ylabel(f"predicted − reference {quantity}")
-    ax.set_title(f"Bland–Altman (n = {stats['n']})")
+    ax.set_title(f"{title} (n = {stats['n']})")
     if stats["n"]:
         ax.legend(loc="upper left", frameon=False)
-    _save(fig, path)
     return stats
 
 

@@ -33,7 +33,7 @@ from ScarNetCore.model import ScarNet, ScarNetConfig
 from ScarNetCore.preprocessing import PreprocessConfig
 from ScarNetCore.cascade import LOCATE, LOCATE_GEOMETRY, SEGMENT, SEGMENT_GEOMETRY
 from training.augment import AugmentConfig, augment
-from training.cascade_data import StageViews, ViewConfig
+from training.cascade_data import StageViews, ViewConfig, lv_crops
 from training.config import TrainConfig
 from training.data import case_ids, read_dataset
 from training.feature_cache import CachedViews, build_cache
@@ -216,8 +216,12 @@ def run(cfg: TrainConfig, log=print) -> Path:
     say(f"precision: {amp_dtype or torch.float32} autocast on {device}")
     aug_cfg = AugmentConfig.from_dict(cfg.augment)
     use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0 and model.encoder is not None \
-        and stage == "full"
-    if stage != "full":
+        and stage != LOCATE
+    if stage == SEGMENT and use_cache:
+        # the hybrid on CPU: cache the encoder's view of each LV crop, augment views as in the full recipe
+        spacing = PreprocessConfig().target_spacing_mm
+        train_samples, val_samples = (lv_crops(s, geometry, spacing) for s in (train_samples, val_samples))
+    if stage != "full" and not use_cache:
         spacing = PreprocessConfig().target_spacing_mm
         views = ViewConfig.from_dict(cfg.views)
         train_set = StageViews(train_samples, stage, geometry, spacing, cfg.optim.seed, views, aug_cfg)
@@ -237,8 +241,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
     else:
         train_set = AugmentedSlices(train_samples, aug_cfg, cfg.optim.seed)
         val_set = AugmentedSlices(val_samples, aug_cfg, cfg.optim.seed, train=False)
-    val_set = WithCase(val_set, val_set.case_of_item if stage != "full" else
-                       val_set.cases if use_cache else [s.case for s in val_samples])
+    val_set = WithCase(val_set, val_set.cases if use_cache else
+                       val_set.case_of_item if stage != "full" else [s.case for s in val_samples])
 
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.optim.seed) \
         if world > 1 else None

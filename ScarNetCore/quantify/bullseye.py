@@ -82,7 +82,3 @@ def bullseye_figure(per_segment: list[dict], title: str = "", notes: list[str] |
     fig.subplots_adjust(left=0.02, right=0.95, top=0.86, bottom=0.12, wspace=0.2)
     return fig
 
-
-def save_bullseye(per_segment: list[dict], path, title: str = "", notes: list[str] | None = None) -> None:
-    fig = bullseye_figure(per_segment, title, notes)
-    fig.savefig(str(path), format="png")

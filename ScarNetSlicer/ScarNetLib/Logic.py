@@ -1,4 +1,4 @@
-"""ScarNetLogic: segment an LGE volume into a segmentation node, quantify it, export tables.
+"""ScarNetLogic: segment an LGE volume into a segmentation node, quantify it, export the study's files.
 
 Works on MRML nodes and the scene they belong to (``node.GetScene()``), never on widgets, so it
 runs headless (slicer-core) exactly as in Slicer. Every check that can fail runs before anything
@@ -7,10 +7,9 @@ cancelled run leaves the scene as it was.
 """
 from __future__ import annotations
 
-import csv
 import json
+import os
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -24,7 +23,7 @@ from .Conversion import ScarNetSceneError, rasToLps, sitkImageFromVolumeNode, vo
 from .Parameter import ScarNetSettings
 from .Runner import CANCELLED, FAILED, FINISHED, InProcessRunner, RunState, ThreadRunner
 from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, QC_FLAGS_ATTRIBUTE,
-                       SEGMENT_DEFINITIONS,
+                       RUN_RECORD_ATTRIBUTE, SEGMENT_DEFINITIONS,
                        labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
 from .Signal import Signal
 
@@ -129,7 +128,8 @@ class ScarNetLogic:
         state = runner.wait()
         self._raiseIfUnsuccessful(state)
         return self.applyLabels(inputVolumeNode, state.labels, outputSegmentationNode, overwrite=overwrite,
-                                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags)
+                                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags,
+                                runRecord=state.runRecord)
 
     def startProcessing(self, inputVolumeNode, outputSegmentationNode=None,
                         settings: Optional[ScarNetSettings] = None, overwrite: Optional[bool] = None,
@@ -154,7 +154,8 @@ class ScarNetLogic:
         raise RuntimeError(f"{state.errorType}: {state.message}" if state.errorType else state.message)
 
     def applyLabels(self, inputVolumeNode, labels: sitk.Image, outputSegmentationNode=None, overwrite: bool = False,
-                    modelInfo: Optional[dict] = None, device: str = "", qcFlags: Optional[list] = None):
+                    modelInfo: Optional[dict] = None, device: str = "", qcFlags: Optional[list] = None,
+                    runRecord: Optional[dict] = None):
         """Apply a ScarNet result to the scene and return the segmentation node (new unless one is given).
 
         The one step after the Segmenter returns, used by process() and by background jobs alike:
@@ -162,7 +163,8 @@ class ScarNetLogic:
         2 healthy myocardium, 3 scar, 4 MVO) on exactly the input volume's voxel grid, e.g.
         ``Segmenter.segment(image).labels`` or a known label volume. It becomes the four ScarNet
         segments (names, colours, terminology) on the input's grid, tagged as ScarNet's work
-        (content fingerprint, input volume, `modelInfo`, `qcFlags`). Refuses (ScarNetSceneError) an edited or
+        (content fingerprint, input volume, `modelInfo`, `qcFlags`, and `runRecord`, the engine's run record
+        (ScarNetCore.outputs.run_record) completed with the files the input volume was loaded from). Refuses (ScarNetSceneError) an edited or
         foreign output unless overwrite=True, and (InputError) labels off the grid or outside 0..4;
         on any error the scene is left as it was.
         """
@@ -200,6 +202,7 @@ class ScarNetLogic:
             node.SetAttribute(INPUT_VOLUME_ATTRIBUTE, inputVolumeNode.GetID())
             node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(modelInfo or {}, sort_keys=True, default=str))
             node.SetAttribute(QC_FLAGS_ATTRIBUTE, ";".join(qcFlags or []))
+            node.SetAttribute(RUN_RECORD_ATTRIBUTE, self._recordWithInput(runRecord, inputVolumeNode))
             self.placeNextTo(node, inputVolumeNode)
         except Exception:
             if created and node is not None:
@@ -223,14 +226,7 @@ class ScarNetLogic:
         Per-slice and per-segment (AHA) tables are filled when given, and created when None
         (``self.lastTables`` holds all three).
         """
-        if segmentationNode is None or segmentationNode.GetScene() is None:
-            raise InputError("Select the segmentation to quantify.")
-        image = sitkImageFromVolumeNode(inputVolumeNode)
-        labels = sitk.GetImageFromArray(labelArrayFromSegmentation(segmentationNode, inputVolumeNode))
-        labels.CopyInformation(image)
-        from ScarNetCore.quantify import quantify
-        insertion = rasToLps(insertionPointRas) if insertionPointRas is not None else None
-        result = quantify(labels, image, density_g_per_ml=float(densityGPerMl), insertion_point=insertion)
+        _, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas)
         self.lastQuantification = result
         scene = segmentationNode.GetScene()
         base = segmentationNode.GetName()
@@ -242,6 +238,18 @@ class ScarNetLogic:
                                      list(getattr(result, "per_segment", None) or []), segmentationNode, inputVolumeNode)
         self.lastTables = (tableNode, perSlice, perSegment)
         return tableNode
+
+    @staticmethod
+    def _quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas):
+        """(labels image, QuantResult) of the segmentation as it is now, on the input volume's grid."""
+        if segmentationNode is None or segmentationNode.GetScene() is None:
+            raise InputError("Select the segmentation to quantify.")
+        image = sitkImageFromVolumeNode(inputVolumeNode)
+        labels = sitk.GetImageFromArray(labelArrayFromSegmentation(segmentationNode, inputVolumeNode))
+        labels.CopyInformation(image)
+        from ScarNetCore.quantify import quantify
+        insertion = rasToLps(insertionPointRas) if insertionPointRas is not None else None
+        return labels, quantify(labels, image, density_g_per_ml=float(densityGPerMl), insertion_point=insertion)
 
     def _fillTable(self, scene, tableNode, name, rows: list, segmentationNode, referenceNode):
         import vtk
@@ -310,27 +318,51 @@ class ScarNetLogic:
         """Key -> value of a summary table made by quantify()."""
         return {row["Key"]: row["Note"] if row["Note"] else row["Value"] for row in ScarNetLogic.tableRows(tableNode)}
 
-    def exportTable(self, tableNode, path) -> Path:
-        """Write a table node as CSV (UTF-8, header row), readable by any spreadsheet."""
-        path = Path(path)
-        rows = self.tableRows(tableNode)
-        table = tableNode.GetTable()
-        names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=names)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(path)
-        return path
+    def exportResults(self, segmentationNode, inputVolumeNode, outputDirectory, name: Optional[str] = None,
+                      densityGPerMl: float = 1.05, insertionPointRas=None, overwrite: bool = False) -> dict:
+        """Write the study's files exactly as `scarnet segment` names and writes them (ScarNetCore.outputs):
+        the segmentation as it is now (edits included) as <name>_seg.nii.gz, its summary, per-slice and
+        AHA CSVs, the bullseye and <name>_run.json. Returns {kind: path}.
 
-    def writeReports(self, outputDirectory, name: str) -> list:
-        """ScarNetCore's full report (CSVs + bull's-eye PNG) for the last quantification."""
-        if self.lastQuantification is None:
-            raise ValueError("Quantify the segmentation first.")
-        from ScarNetCore.quantify import write_reports
-        return write_reports(self.lastQuantification, outputDirectory, name)
+        `name` defaults to the input volume's name: Slicer names a volume loaded from case.nii.gz
+        'case', the stem the command line gives the outputs of case.nii.gz. Refuses (ScarNetError)
+        to replace a study's files unless overwrite=True.
+        """
+        from ScarNetCore import outputs
+        name = name or inputVolumeNode.GetName()
+        outputs.refuse_overwrite(outputDirectory, name, overwrite)
+        labels, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas)
+        record = self.runRecord(segmentationNode)
+        if record is None:  # not segmented by ScarNet: the record says so (no model)
+            record = outputs.run_record(self.inputFiles(inputVolumeNode), {}, outputs.now())
+        record["options"].update(density_g_per_ml=float(densityGPerMl),
+                                 insertion_point=rasToLps(insertionPointRas) if insertionPointRas is not None else None)
+        record["labels_edited"] = self.outputState(segmentationNode) != UNCHANGED
+        return outputs.write_study(outputDirectory, name, result, record, labels=labels, qc_flags=record["qc_flags"])
+
+    @staticmethod
+    def runRecord(segmentationNode) -> Optional[dict]:
+        """The run record ScarNet put on the node when it segmented (None for other segmentations)."""
+        text = segmentationNode.GetAttribute(RUN_RECORD_ATTRIBUTE) if segmentationNode is not None else None
+        return json.loads(text) if text else None
+
+    @staticmethod
+    def inputFiles(volumeNode) -> list:
+        """The files the volume was loaded from (its storage node; every file of a DICOM series)."""
+        storage = volumeNode.GetStorageNode() if volumeNode is not None else None
+        if storage is None:
+            return []
+        names = [storage.GetFileName()] + [storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames())]
+        return [name for name in dict.fromkeys(names) if name and os.path.isfile(name)]
+
+    def _recordWithInput(self, runRecord: Optional[dict], inputVolumeNode) -> str:
+        """The runner's record (it saw only voxels) with the input volume's files and checksums."""
+        if not runRecord:
+            return ""
+        from ScarNetCore import outputs
+        record = dict(runRecord, inputs=outputs.file_entries(self.inputFiles(inputVolumeNode)),
+                      input_volume=inputVolumeNode.GetName())
+        return json.dumps(record, default=str)
 
     # ---------------------------------------------------------------------------- the scene
     @staticmethod
@@ -403,7 +435,7 @@ class SegmentationJob:
                                         "ScarNet was running; the result was not applied.")
             self.segmentationNode = self.logic.applyLabels(
                 self.inputVolumeNode, state.labels, self.outputSegmentationNode, overwrite=self.overwrite,
-                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags)
+                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags, runRecord=state.runRecord)
         except Exception as exc:
             self.state = RunState(FAILED, errorType=type(exc).__name__, message=str(exc))
             self.errorMessage = str(exc)

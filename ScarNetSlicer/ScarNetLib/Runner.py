@@ -40,6 +40,7 @@ class RunState:
     modelInfo: dict = dataclasses.field(default_factory=dict)
     device: str = ""
     qcFlags: list = dataclasses.field(default_factory=list)   # Segmenter QC flags, e.g. no_lv_found
+    runRecord: dict = dataclasses.field(default_factory=dict)  # ScarNetCore.outputs.run_record of the run
     errorType: str = ""
     message: str = ""
 
@@ -92,13 +93,18 @@ class InProcessRunner:
 
     def _run(self, image, modelPath, device, batchSize) -> RunState:
         try:
+            from ScarNetCore import outputs
+            started = outputs.now()
             segmenter = cachedSegmenter(modelPath, device, self.segmenterFactory)
             result = segmenter.segment(image, progress=self._progress, cancel=self._cancel.is_set,
                                        batch_size=batchSize)
+            # the runner sees voxels, not files: the logic adds the input volume's files
+            record = outputs.run_record([], {"batch_size": batchSize}, started, segmenter, result)
+            record["finished"] = outputs.now()
             return RunState(FINISHED, self._state.done, self._state.total, labels=result.labels,
                             modelInfo=dict(getattr(segmenter, "model_info", {}) or {}),
                             device=str(getattr(segmenter, "device", device)),
-                            qcFlags=list(getattr(result, "qc_flags", []) or []))
+                            qcFlags=list(getattr(result, "qc_flags", []) or []), runRecord=record)
         except Exception as exc:  # reported to the user as a message, never raised into Qt
             return _errorState(exc)
 
@@ -223,7 +229,7 @@ class SubprocessRunner:
             final = RunState(FINISHED, status.get("done", 0), status.get("total", 0),
                              labels=sitk.ReadImage(str(self._dir / "labels.nrrd")),
                              modelInfo=status.get("model_info", {}), device=status.get("device", ""),
-                             qcFlags=list(status.get("qc_flags", [])))
+                             qcFlags=list(status.get("qc_flags", [])), runRecord=status.get("run_record", {}))
         elif state == CANCELLED or self._cancelRequestedAt:
             final = RunState(CANCELLED, message="Cancelled; nothing was changed.")
         elif state == FAILED:

@@ -24,9 +24,10 @@ CONTENT_HASH_ATTRIBUTE = "ScarNet.ContentHash"  # node attribute: fingerprint of
 INPUT_VOLUME_ATTRIBUTE = "ScarNet.InputVolumeID"
 MODEL_ATTRIBUTE = "ScarNet.Model"
 QC_FLAGS_ATTRIBUTE = "ScarNet.QCFlags"  # ';'-joined quality-control flags of the run (empty: none)
+RUN_RECORD_ATTRIBUTE = "ScarNet.RunRecord"  # JSON: the run record, as in <name>_run.json (outputs.py)
 
 Code = tuple  # (CodingSchemeDesignator, CodeValue, CodeMeaning)
-LEFT_VENTRICLE: Code = ("SCT", "87878005", "Left ventricle")
+LEFT_VENTRICLE: Code = L.LEFT_VENTRICLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +52,16 @@ class SegmentDefinition:
             "", "", "")
 
 
-# Codes: SNOMED CT where one exists (DICOM CID 7150/7166 style); MVO has none, so it gets a private
-# coding scheme ("99" prefix, as DICOM PS3.16 prescribes for private schemes) declared in ScarNet.term.json.
+def _definition(label: int, segmentId: str, color: tuple) -> SegmentDefinition:
+    name, category, type_ = L.TERMINOLOGY[label]  # the engine's codes: the DICOM SEG carries the same
+    return SegmentDefinition(label, segmentId, name, color, category, type_)
+
+
 SEGMENT_DEFINITIONS = (
-    SegmentDefinition(L.BLOOD_POOL, "ScarNet_LVBloodPool", "LV blood pool", (0.85, 0.33, 0.31),
-                      ("SCT", "85756007", "Tissue"), ("SCT", "87612001", "Blood")),
-    SegmentDefinition(L.MYOCARDIUM, "ScarNet_HealthyMyocardium", "Healthy myocardium", (0.40, 0.75, 0.45),
-                      ("SCT", "123037004", "Anatomical Structure"), ("SCT", "74281007", "Myocardium")),
-    SegmentDefinition(L.SCAR, "ScarNet_Scar", "Scar", (1.00, 0.85, 0.10),
-                      ("SCT", "85756007", "Tissue"), ("SCT", "12402003", "Scar tissue")),
-    SegmentDefinition(L.MVO, "ScarNet_MVO", "MVO", (0.25, 0.45, 1.00),
-                      ("SCT", "49755003", "Morphologically Altered Structure"),
-                      ("99SCARNET", "MVO", "Microvascular obstruction")),
+    _definition(L.BLOOD_POOL, "ScarNet_LVBloodPool", (0.85, 0.33, 0.31)),
+    _definition(L.MYOCARDIUM, "ScarNet_HealthyMyocardium", (0.40, 0.75, 0.45)),
+    _definition(L.SCAR, "ScarNet_Scar", (1.00, 0.85, 0.10)),
+    _definition(L.MVO, "ScarNet_MVO", (0.25, 0.45, 1.00)),
 )
 DEFINITION_BY_LABEL = {d.label: d for d in SEGMENT_DEFINITIONS}
 

@@ -32,8 +32,10 @@ def main(argv=None) -> int:
     writeStatus(status, state="running", done=0, total=0)
     try:
         import SimpleITK as sitk
+        from ScarNetCore import outputs
         from ScarNetCore.errors import Cancelled
         from ScarNetCore.inference import Segmenter
+        started = outputs.now()
         segmenter = Segmenter(model_path=args.model, device=args.device)
         image = sitk.ReadImage(args.input)
 
@@ -47,10 +49,13 @@ def main(argv=None) -> int:
             writeStatus(status, state="cancelled")
             return 0
         sitk.WriteImage(result.labels, args.output)
+        record = outputs.run_record([], {"batch_size": args.batch_size}, started, segmenter, result)
+        record["finished"] = outputs.now()
         writeStatus(status, state="finished", done=image.GetSize()[2] if image.GetDimension() == 3 else 1,
                     total=image.GetSize()[2] if image.GetDimension() == 3 else 1,
                     model_info={k: str(v) for k, v in dict(getattr(segmenter, "model_info", {}) or {}).items()},
-                    device=str(getattr(segmenter, "device", args.device)), qc_flags=list(result.qc_flags))
+                    device=str(getattr(segmenter, "device", args.device)), qc_flags=list(result.qc_flags),
+                    run_record=record)
         return 0
     except Exception as exc:  # the parent shows this message to the user
         writeStatus(status, state="failed", error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)

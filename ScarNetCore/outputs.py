@@ -1,0 +1,231 @@
+"""Every file ScarNet writes for a study: names, the overwrite guard, atomic writing, the run record.
+
+`scarnet segment`, `scarnet quantify`, `scarnet demo` and the Slicer module's Export all write through
+`write_study`, so one study's files are named the same way whoever made them (OUT/<name><suffix>, see
+SUFFIXES). Every file is written atomically (io.atomic_path) and the run record last: a study whose
+run record lists files that all exist is complete (`scarnet segment --resume` relies on that).
+A cohort run also keeps one table, OUT/cohort.csv (CohortTable).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import functools
+import json
+import math
+import os
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from . import __version__
+from .errors import InputError, ScarNetError
+from .io import atomic_path, sha256_of, write_image_atomic
+from .quantify.bullseye import bullseye_figure
+from .quantify.classical import METHOD_NAMES
+from .quantify.result import QuantResult
+
+# Output kind -> file name after the study's name. The label volume and summary keep their first
+# names (_seg.nii.gz, _scar.csv): users' scripts read them.
+SUFFIXES = {
+    "labels": "_seg.nii.gz",            # label volume on the input grid (0..4)
+    "summary": "_scar.csv",             # global numbers, one row, and qc_flags
+    "slices": "_scar_slices.csv",       # one row per slice along the acquisition axis
+    "segments": "_scar_segments.csv",   # one row per AHA segment 1..17
+    "bullseye": "_bullseye.png",
+    "overlay": "_overlay.png",
+    "dicom_seg": "_seg.dcm",            # DICOM Segmentation of the source series
+    **{f"labels_{method}": f"_{method}.nii.gz" for method in METHOD_NAMES},  # classical thresholds
+    "run": "_run.json",                 # how the files were made
+}
+COHORT = "cohort.csv"
+COHORT_COLUMNS = ("input", "status", "error")
+
+
+def study_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise InputError(f"output name {name!r} must be a plain file-name stem (no folders)")
+    return {kind: Path(out_dir) / f"{name}{suffix}" for kind, suffix in SUFFIXES.items()}
+
+
+def refuse_overwrite(out_dir: str | os.PathLike, name: str, overwrite: bool) -> None:
+    """Stop if any file of the study is already there: files from two runs must not mix, as the run
+    record describes one run; earlier results are replaced only when the user says so."""
+    existing = [p for p in study_paths(out_dir, name).values() if p.exists()]
+    if existing and not overwrite:
+        raise ScarNetError(f"{existing[0]} already exists; choose another output folder or pass --overwrite "
+                           "(earlier results are never replaced silently)")
+
+
+# ---------------------------------------------------------------------------------- writing
+def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, record: dict,
+                labels: sitk.Image | None = None, qc_flags=(), overlay_image: sitk.Image | None = None,
+                dicom_files: list[Path] | None = None) -> dict[str, Path]:
+    """Write one study's files; returns {kind: path}. The labels come first and the run record last,
+    so each file is complete or absent and a present record means the study is complete."""
+    paths = study_paths(out_dir, name)
+    written = {}
+    if labels is not None:
+        written["labels"] = write_image_atomic(labels, paths["labels"])
+    written.update(write_reports(report, out_dir, name, qc_flags))
+    if overlay_image is not None:
+        from .overlay import write_overlay
+        g = report.global_metrics
+        title = f"{name}: scar {g['scar_ml']:.1f} mL" + (
+            f" ({g['scar_percent_lv']:.1f} % of LV myocardium)" if g.get("scar_percent_lv") is not None else "")
+        written["overlay"] = write_overlay(overlay_image, labels, paths["overlay"], title)
+    if dicom_files:
+        from .dicom_seg import write_dicom_seg
+        model = record.get("model") or {}
+        written["dicom_seg"] = write_dicom_seg(labels, dicom_files, paths["dicom_seg"], model.get("name") or "")
+    record.update(finished=record.get("finished") or now(), outputs=sorted(p.name for p in written.values()))
+    with atomic_path(paths["run"]) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+    written["run"] = paths["run"]
+    return written
+
+
+def write_reports(report: QuantResult, out_dir: str | os.PathLike, name: str, qc_flags=()) -> dict[str, Path]:
+    """The numbers and the bullseye: summary, per-slice and AHA CSVs, bullseye PNG, classical label volumes."""
+    paths = study_paths(out_dir, name)
+    write_csv([summary_row(report, qc_flags)], paths["summary"])
+    write_csv(report.per_slice, paths["slices"])
+    write_csv(report.per_segment, paths["segments"])
+    with atomic_path(paths["bullseye"]) as tmp:
+        bullseye_figure(report.per_segment, bullseye_title(report, name), bullseye_notes(report)).savefig(
+            str(tmp), format="png")
+    written = {kind: paths[kind] for kind in ("summary", "slices", "segments", "bullseye")}
+    for method, image in report.classical_labels.items():
+        written[f"labels_{method}"] = write_image_atomic(image, paths[f"labels_{method}"])
+    return written
+
+
+def summary_row(report: QuantResult, qc_flags=()) -> dict:
+    """The summary CSV's one row, also the numbers of a cohort row: global metrics, then the model's
+    QC flags (';'-joined, empty when all is well or no model made the labels)."""
+    return {**report.global_metrics, "qc_flags": ";".join(qc_flags)}
+
+
+def bullseye_title(result: QuantResult, name: str = "") -> str:
+    g = result.global_metrics
+    head = f"{name}: " if name else ""
+    if g.get("scar_percent_lv") is None:
+        return f"{head}no LV myocardium labelled"
+    return (f"{head}scar {g['scar_percent_lv']:.1f} % of LV myocardium "
+            f"({g['scar_ml']:.1f} mL, {g['scar_g']:.1f} g; MVO {g['mvo_ml']:.1f} mL)")
+
+
+def bullseye_notes(result: QuantResult) -> list[str]:
+    if result.global_metrics.get("insertion_point_estimated"):
+        return ["RV insertion point ESTIMATED from image orientation: segment positions approximate"]
+    return ["RV insertion point given by the user"]
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike, columns: list[str] | None = None) -> Path:
+    """The one CSV writer: UTF-8, a header row, columns in first-seen order unless given."""
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({key: _cell(row.get(key)) for key in columns})
+    return Path(path)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "" if math.isnan(value) else format(value, ".10g")
+    return str(value)
+
+
+# ------------------------------------------------------------------------------ run record
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run_record(inputs, options: dict, started: str, segmenter=None, result=None, warnings=()) -> dict:
+    """How a study's files were made, so a CSV can be traced years later: ScarNet version, model and
+    the SHA-256 of its weights, device, precision, options, each input file with its SHA-256 (every
+    file of a DICOM series), start and end time, QC flags, the model's confidence and warnings.
+
+    `segmenter`/`result` are an inference.Segmenter and its SegmentationResult; None when the labels
+    did not come from the model (scarnet quantify, a segmentation drawn in Slicer).
+    """
+    record = {"scarnet_version": __version__, "model": None, "device": None, "precision": None,
+              "options": dict(options), "inputs": file_entries(inputs),
+              "started": started, "finished": None, "qc_flags": [], "confidence": None, "warnings": list(warnings)}
+    if segmenter is not None:
+        info = segmenter.model_info
+        record.update(model={"name": info.get("name"), "version": info.get("version"),
+                             "architecture": info.get("architecture"), "path": str(segmenter.model_path),
+                             "sha256": _weights_sha256(str(segmenter.model_path), os.stat(segmenter.model_path).st_mtime_ns)},
+                      device=str(segmenter.device), precision=precision_name(segmenter.dtype))
+    if result is not None:
+        record.update(qc_flags=list(result.qc_flags), confidence=result.confidence)
+    return record
+
+
+def file_entries(files) -> list[dict]:
+    return [{"path": str(f), "sha256": sha256_of(f)} for f in files]
+
+
+@functools.lru_cache(maxsize=4)
+def _weights_sha256(path: str, mtime_ns: int) -> str:
+    return sha256_of(path)  # once per weights file (and modification) in a cohort, not once per study
+
+
+def precision_name(dtype) -> str:
+    """Segmenter.dtype (None = fp32, else a torch dtype) as the --precision word."""
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), "fp32")
+
+
+def completed_summary(out_dir: str | os.PathLike, name: str, kinds) -> dict | None:
+    """The summary row of a study whose run record, every file it lists and every output kind in
+    `kinds` are there (what --resume skips); None when the study must be (re)done."""
+    paths = study_paths(out_dir, name)
+    try:
+        listed = json.loads(paths["run"].read_text(encoding="utf-8"))["outputs"]
+        if {paths[kind].name for kind in kinds} - set(listed):
+            return None
+        if all((Path(out_dir) / file).is_file() for file in listed):
+            return read_csv(paths["summary"])[0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------- cohorts
+def cohort_name(part: tuple[int, int] | None = None) -> str:
+    """cohort.csv; one part of a cohort split over machines (--part K --parts N) has its own file,
+    cohort.part-K-of-N.csv, so parts never write to the same file."""
+    return COHORT if part is None else f"cohort.part-{part[0]}-of-{part[1]}.csv"
+
+
+class CohortTable:
+    """One row per input: input, status (ok/failed), error, the summary numbers, qc_flags.
+
+    The whole table is rewritten atomically after each study, so a killed run leaves a complete table
+    of the studies finished so far. Rows of inputs from earlier runs into the folder are kept; a
+    study run again replaces its row.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, part: tuple[int, int] | None = None):
+        self.path = Path(out_dir) / cohort_name(part)
+        self.rows = {row["input"]: row for row in read_csv(self.path)} if self.path.is_file() else {}
+
+    def add(self, input_path, status: str, error: str = "", summary: dict | None = None) -> None:
+        self.rows[str(input_path)] = {"input": str(input_path), "status": status, "error": error, **(summary or {})}
+        numbers = [k for k in dict.fromkeys(k for row in self.rows.values() for k in row)
+                   if k not in COHORT_COLUMNS and k != "qc_flags"]
+        write_csv(list(self.rows.values()), self.path, [*COHORT_COLUMNS, *numbers, "qc_flags"])

@@ -1,0 +1,128 @@
+"""The default model (v2) against the field of view, and against inputs that are not hearts.
+
+On the two real EMIDEC volumes (real spacing; not training cases of the model): the volume cropped
+to about 100 mm around the heart, cropped to 96 mm and resampled to 0.75 mm pixels (another centre's
+heart-centred stack), and padded to about 400 mm with the heart off-centre. The myocardium Dice of
+each against its equally cropped/padded reference stays within 0.03 of the uncropped result, and
+no result is empty. Noise, a smooth non-anatomical image and a chest region without the heart come
+back with no LV, or flagged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ScarNetCore.labels import myocardium_mask
+
+from conftest import NEGATIVE_IMAGE, POSITIVE_IMAGE, VOLUMES, needs_data
+
+TOLERANCE = 0.03
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    from ScarNetCore.inference import Segmenter
+    return Segmenter(None, device="cpu", precision="fp32")
+
+
+def _volume(path):
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    image = sitk.ReadImage(str(path))
+    labels = sitk.Cast(sitk.Round(sitk.ReadImage(str(VOLUMES / path.name.replace("_image", "_label")))), sitk.sitkUInt8)
+    labels.CopyInformation(image)
+    return image, labels
+
+
+def _myo_dice(segmenter, image, labels) -> float:
+    pred = myocardium_mask(sitk.GetArrayFromImage(segmenter.segment(image).labels))
+    ref = myocardium_mask(sitk.GetArrayFromImage(labels))
+    assert pred.any(), "empty result"
+    return float(2 * (pred & ref).sum() / (pred.sum() + ref.sum()))
+
+
+def _heart_centre_index(labels) -> np.ndarray:
+    """(x, y) voxel index of the reference LV centre (labels 1-4) in the slice plane."""
+    z, y, x = np.nonzero(sitk.GetArrayFromImage(labels) > 0)
+    return np.array([x.mean(), y.mean()])
+
+
+def _crop(image, labels, side_mm: float):
+    centre = _heart_centre_index(labels)
+    half = side_mm / 2 / np.array(image.GetSpacing()[:2])
+    lo = np.maximum(np.round(centre - half), 0).astype(int)
+    hi = np.minimum(np.round(centre + half), image.GetSize()[:2]).astype(int)
+    return image[lo[0]:hi[0], lo[1]:hi[1], :], labels[lo[0]:hi[0], lo[1]:hi[1], :]
+
+
+def _resample(image, labels, pixel_mm: float):
+    spacing = (pixel_mm, pixel_mm, image.GetSpacing()[2])
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    def one(img, interpolator):
+        return sitk.Resample(img, size, sitk.Transform(), interpolator, img.GetOrigin(), spacing,
+                             img.GetDirection(), 0, img.GetPixelID())
+    return one(image, sitk.sitkLinear), one(labels, sitk.sitkNearestNeighbor)
+
+
+def _pad(image, labels, side_mm: float, heart_at: tuple[float, float]):
+    """Pad to side_mm with the heart at the given fraction of the new field of view (0.5 = centred)."""
+    centre = _heart_centre_index(labels)
+    total = np.round(side_mm / np.array(image.GetSpacing()[:2])).astype(int)
+    lower = np.maximum(np.round(np.array(heart_at) * total - centre), 0).astype(int)
+    upper = np.maximum(total - lower - np.array(image.GetSize()[:2]), 0).astype(int)
+    pad = lambda img: sitk.ConstantPad(img, [int(lower[0]), int(lower[1]), 0], [int(upper[0]), int(upper[1]), 0], 0)
+    return pad(image), pad(labels)
+
+
+VARIANTS = {
+    "crop 100 mm": lambda i, l: _crop(i, l, 100),
+    "crop 96 mm at 0.75 mm pixels": lambda i, l: _resample(*_crop(i, l, 96), 0.75),
+    "pad 400 mm, heart upper left": lambda i, l: _pad(i, l, 400, (0.3, 0.3)),
+    "pad 400 mm, heart lower right": lambda i, l: _pad(i, l, 400, (0.72, 0.68)),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("path", [POSITIVE_IMAGE, NEGATIVE_IMAGE], ids=["positive", "negative"])
+def test_field_of_view_does_not_change_the_myocardium(segmenter, path):
+    image, labels = _volume(path)
+    full = _myo_dice(segmenter, image, labels)
+    changes = {}
+    for name, make in VARIANTS.items():
+        changed_image, changed_labels = make(image, labels)
+        changes[name] = _myo_dice(segmenter, changed_image, changed_labels) - full
+    print(f"{path.name}: myocardium Dice {full:.3f} uncropped; changes " +
+          ", ".join(f"{k}: {v:+.3f}" for k, v in changes.items()))
+    assert all(abs(v) <= TOLERANCE for v in changes.values()), changes
+
+
+def _like(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.CopyInformation(reference)
+    return image
+
+
+@needs_data
+@pytest.mark.parametrize("kind", ["gaussian noise", "rician noise", "smooth blobs", "chest without heart"])
+def test_inputs_that_are_not_hearts_are_not_called_hearts(segmenter, kind):
+    from scipy import ndimage
+    image, labels = _volume(POSITIVE_IMAGE)
+    rng = np.random.default_rng(7)
+    shape = sitk.GetArrayFromImage(image).shape
+    if kind == "gaussian noise":
+        test = _like(image, 100 + 30 * rng.standard_normal(shape))
+    elif kind == "rician noise":
+        test = _like(image, np.hypot(rng.normal(0, 50, shape), rng.normal(0, 50, shape)))
+    elif kind == "smooth blobs":
+        test = _like(image, ndimage.gaussian_filter(rng.standard_normal(shape), (0, 6, 6)))
+    else:  # a 100 mm region of the same chest that holds no LV
+        ref = sitk.GetArrayFromImage(labels) > 0
+        side = int(100 / image.GetSpacing()[0])
+        x_lv = np.nonzero(ref.any((0, 1)))[0]
+        x0 = 0 if x_lv.min() > side else image.GetSize()[0] - side
+        test = image[x0:x0 + side, :, :]
+        assert not (sitk.GetArrayFromImage(labels[x0:x0 + side, :, :]) > 0).any()
+    result = segmenter.segment(test)
+    myo_ml = myocardium_mask(sitk.GetArrayFromImage(result.labels)).sum() * np.prod(test.GetSpacing()) / 1000
+    print(f"{kind}: flags {result.qc_flags}, myocardium {myo_ml:.1f} mL")
+    assert "no_lv_found" in result.qc_flags or "low_confidence" in result.qc_flags

@@ -1,0 +1,209 @@
+"""The output layer through `scarnet segment`: the cohort table, --resume after a kill, --part/--parts,
+the run record's checksums and the DICOM SEG round trip.
+
+The seeded random network (conftest model_path) segments two-slice extracts: these tests check how
+results are recorded and written, not what the labels are.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ScarNetCore import __version__
+from ScarNetCore.cli import main
+from ScarNetCore.io import sha256_of
+from ScarNetCore.labels import TERMINOLOGY
+from ScarNetCore.outputs import SUFFIXES, read_csv
+
+COMMON = ["--device", "cpu", "--precision", "fp32"]
+
+
+def segment(*args) -> int:
+    return main(["segment", *[str(a) for a in args], *COMMON])
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, model_path, positive_slab, negative_slab):
+    """One cohort run over a good, a broken and a good study; returns (inputs, out folder, exit status)."""
+    folder = tmp_path_factory.mktemp("cohort")
+    sitk.WriteImage(positive_slab, str(folder / "pos.nii.gz"))
+    sitk.WriteImage(negative_slab, str(folder / "neg.nii.gz"))
+    (folder / "broken.nii.gz").write_bytes(os.urandom(2048))
+    inputs = [folder / "pos.nii.gz", folder / "broken.nii.gz", folder / "neg.nii.gz"]
+    out = folder / "out"
+    return inputs, out, segment(*inputs, "-o", out, "--model", model_path)
+
+
+def test_cohort_table_records_every_study_and_the_failed_one(cohort):
+    inputs, out, rc = cohort
+    assert rc == 1
+    rows = read_csv(out / "cohort.csv")
+    assert [r["input"] for r in rows] == [str(p) for p in inputs]
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "not a readable image" in rows[1]["error"] and rows[1]["scar_ml"] == ""
+    columns = list(rows[0])
+    assert columns[:3] == ["input", "status", "error"] and columns[-1] == "qc_flags"
+    for row, name in ((rows[0], "pos"), (rows[2], "neg")):
+        (summary,) = read_csv(out / f"{name}_scar.csv")
+        assert row["error"] == "" and {k: row[k] for k in summary} == summary  # the same numbers, as written
+        assert "qc_flags" in summary
+    assert not list(out.glob("broken*"))
+
+
+def test_run_record_holds_the_checksums(cohort, model_path):
+    inputs, out, _ = cohort
+    record = json.loads((out / "pos_run.json").read_text())
+    assert record["scarnet_version"] == __version__
+    assert record["model"]["sha256"] == sha256_of(model_path) and record["model"]["name"] == "test-random"
+    assert record["model"]["architecture"] == "ScarNet"
+    assert record["inputs"] == [{"path": str(inputs[0]), "sha256": sha256_of(inputs[0])}]
+    assert record["device"] == "cpu" and record["precision"] == "fp32"
+    assert record["options"]["batch_size"] == 8 and record["options"]["dicom_seg"] is False
+    started, finished = (datetime.datetime.fromisoformat(record[k]) for k in ("started", "finished"))
+    assert started.tzinfo is not None and started <= finished
+    assert isinstance(record["qc_flags"], list) and isinstance(record["warnings"], list)
+    assert record["confidence"] is None or 0.0 <= record["confidence"] <= 1.0
+    names = [f"pos{SUFFIXES[k]}" for k in ("labels", "summary", "slices", "segments", "bullseye")]
+    assert sorted(record["outputs"]) == sorted(names)
+
+
+def test_resume_redoes_only_what_a_kill_left_incomplete(cohort, model_path, tmp_path):
+    inputs, done, _ = cohort
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    # killed while writing neg: its labels and tables are there, its run record is not; the cohort
+    # table holds only the rows written before
+    (out / "neg_run.json").unlink()
+    rows = read_csv(out / "cohort.csv")
+    (out / "cohort.csv").unlink()
+    for path in out.iterdir():
+        os.utime(path, ns=(0, 0))
+    assert segment(*inputs, "-o", out, "--model", model_path, "--resume") == 1  # broken fails again
+    assert all(p.stat().st_mtime_ns == 0 for p in out.glob("pos*"))              # complete: skipped
+    assert (out / "neg_run.json").is_file() and (out / "neg_seg.nii.gz").stat().st_mtime_ns != 0
+    again = read_csv(out / "cohort.csv")
+    assert [r["status"] for r in again] == ["ok", "failed", "ok"]
+    assert again[0] == rows[0]  # the skipped study's row is rebuilt from its files
+    # without --resume or --overwrite, nothing is replaced
+    assert segment(inputs[0], "-o", out, "--model", model_path) == 1
+    assert "already exists" in read_csv(out / "cohort.csv")[0]["error"]
+
+
+def test_parts_write_their_own_tables(cohort, model_path, tmp_path, capsys):
+    inputs, done, _ = cohort
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    before = (out / "cohort.csv").read_bytes()
+    # part 0 of 2 takes inputs 0 and 2 (both complete, so --resume skips them), part 1 the broken one
+    assert segment(*inputs, "-o", out, "--model", model_path, "--resume", "--part", "0", "--parts", "2") == 0
+    assert segment(*inputs, "-o", out, "--model", model_path, "--part", "1", "--parts", "2") == 1
+    assert [r["input"] for r in read_csv(out / "cohort.part-0-of-2.csv")] == [str(inputs[0]), str(inputs[2])]
+    assert [r["status"] for r in read_csv(out / "cohort.part-1-of-2.csv")] == ["failed"]
+    assert (out / "cohort.csv").read_bytes() == before
+    capsys.readouterr()
+    assert segment(*inputs, "-o", out, "--model", model_path, "--part", "2", "--parts", "2") == 2
+    assert "--part K and --parts N" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- DICOM SEG
+def write_dicom_series(folder: Path, image: sitk.Image) -> list[Path]:
+    """An oblique MR series of single-frame files with the image's voxels (test data, made with pydicom).
+
+    Files are named against the slice order, so a reader that went by name would stack them wrongly."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir()
+    pixels = np.clip(sitk.GetArrayFromImage(image), 0, 4095).astype(np.uint16)
+    c, s = 0.866025, 0.5  # 30° about the z axis
+    row_dir, col_dir, normal = np.array([c, s, 0.0]), np.array([-s, c, 0.0]), np.array([0.0, 0.0, 1.0])
+    spacing = image.GetSpacing()
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    files = []
+    for k, plane in enumerate(pixels):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Synthetic^LGE", "SYN01", "", "O"
+        ds.StudyInstanceUID, ds.StudyID, ds.StudyDate, ds.StudyTime = study, "1", "20240101", "120000"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality, ds.InstanceNumber = series, 7, "MR", k + 1
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.ImageOrientationPatient = [*row_dir, *col_dir]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in (10.0, -20.0, 30.0) + k * spacing[2] * normal]
+        ds.PixelSpacing, ds.SliceThickness = [spacing[1], spacing[0]], spacing[2]
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = plane.tobytes()
+        path = folder / f"im{len(pixels) - k:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def test_dicom_seg_round_trip(tmp_path, model_path, positive_slab):
+    import pydicom
+
+    files = write_dicom_series(tmp_path / "lge", positive_slab)
+    out = tmp_path / "out"
+    assert segment(tmp_path / "lge", "-o", out, "--model", model_path, "--dicom-seg") == 0
+    labels = sitk.ReadImage(str(out / "lge_seg.nii.gz"))
+    array = sitk.GetArrayFromImage(labels)
+    seg = pydicom.dcmread(out / "lge_seg.dcm")
+    sources = [pydicom.dcmread(f) for f in files]
+
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == sources[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == \
+        {s.SOPInstanceUID for s in sources}
+    # the four segments with the Slicer module's codes (labels.TERMINOLOGY), numbered as the labels
+    for item in seg.SegmentSequence:
+        name, category, type_ = TERMINOLOGY[item.SegmentNumber]
+        assert item.SegmentLabel == name
+        got_category, got_type = item.SegmentedPropertyCategoryCodeSequence[0], item.SegmentedPropertyTypeCodeSequence[0]
+        assert (got_category.CodingSchemeDesignator, got_category.CodeValue, got_category.CodeMeaning) == category
+        assert (got_type.CodingSchemeDesignator, got_type.CodeValue, got_type.CodeMeaning) == type_
+    assert sorted(item.SegmentNumber for item in seg.SegmentSequence) == sorted(TERMINOLOGY)
+
+    # geometry: the SEG's plane and frames coincide with the NIfTI labels, voxel for voxel
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    direction = np.array(labels.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(orientation, [*direction[:, 0], *direction[:, 1]], atol=1e-5)
+    np.testing.assert_allclose(np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float),
+                               labels.GetSpacing()[1::-1], rtol=1e-6)
+    frames = seg.pixel_array.reshape(-1, *array.shape[1:])
+    assert len(frames) == len(TERMINOLOGY) * len(array)  # every slice of every segment, empty ones too
+    positions = [labels.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(len(array))]
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        number = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        position = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
+        k = int(np.argmin([np.linalg.norm(position - p) for p in positions]))
+        np.testing.assert_allclose(position, positions[k], atol=1e-3)
+        np.testing.assert_array_equal(frame.astype(bool), array[k] == number)
+
+    # the run record names every file of the series with its checksum, and the SEG among the outputs
+    record = json.loads((out / "lge_run.json").read_text())
+    assert sorted((e["path"], e["sha256"]) for e in record["inputs"]) == sorted((str(f), sha256_of(f)) for f in files)
+    assert "lge_seg.dcm" in record["outputs"]
+
+
+def test_dicom_seg_needs_a_dicom_input(tmp_path, model_path, positive_slab, capsys):
+    sitk.WriteImage(positive_slab, str(tmp_path / "case.nii.gz"))
+    assert segment(tmp_path / "case.nii.gz", "-o", tmp_path / "out", "--model", model_path, "--dicom-seg") == 0
+    assert not list((tmp_path / "out").glob("*.dcm"))
+    assert "--dicom-seg needs a DICOM series folder" in capsys.readouterr().out
