@@ -16,7 +16,8 @@ from .errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
+# image files read_image takes; input_stem strips them to name the outputs
+READABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
 
 
 @contextlib.contextmanager
@@ -58,7 +59,7 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> Path:
 def input_stem(path: str | os.PathLike) -> str:
     """Name of an input without folders and image suffix: the prefix of every output written for it."""
     name = Path(str(path).rstrip("/")).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png"):
+    for suffix in READABLE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -76,7 +77,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path}: not a readable image ({_first_line(exc)}); "
+        raise InputError(f"{path}: not a readable image ({_itk_reason(exc)}); "
                          f"give a NIfTI, NRRD, MHA file or a DICOM folder") from exc
 
 
@@ -86,7 +87,7 @@ def _read_dicom_folder(path: Path) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read the DICOM series ({_first_line(exc)}); copy the series again, "
+        raise InputError(f"{path}: cannot read the DICOM series ({_itk_reason(exc)}); copy the series again, "
                          "or export it uncompressed from the scanner/PACS") from exc
 
 
@@ -346,8 +347,8 @@ def check_not_label_map(image: sitk.Image, name: str = "input",
                                            f"{len(values)} values ({shown})", hint))
 
 
-def _first_line(exc: BaseException) -> str:
-    """The reason from a SimpleITK exception: its last line, without ITK's source location or prefix."""
+def _itk_reason(exc: BaseException) -> str:
+    """The reason from a SimpleITK exception: its last meaningful line, without ITK's source location or prefix."""
     text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     # SimpleITK puts "Exception thrown in ... file.cxx:99:" first and the reason after "sitk::ERROR:"
     meaningful = [line.split("sitk::ERROR:", 1)[-1].strip() for line in text

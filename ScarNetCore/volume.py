@@ -21,7 +21,11 @@ def slice_axis(image: sitk.Image) -> int:
 
 
 def split_slices(array_zyx: np.ndarray, image: sitk.Image, axis: int):
-    """Move `axis` to the front: returns ([N, h, w] slices, (row, column) spacing in mm)."""
+    """Move `axis` to the front: returns ([N, h, w] slices, (row, column) spacing in mm).
+
+    The one slice layout: inference, the overlay, training and quantify (StackGeometry) all cut this
+    way, so slice t, its rows and its columns mean the same everywhere.
+    """
     spacing_zyx = image.GetSpacing()[::-1]
     in_plane = tuple(s for i, s in enumerate(spacing_zyx) if i != axis)
     return np.moveaxis(array_zyx, axis, 0), in_plane

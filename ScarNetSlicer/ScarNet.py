@@ -6,7 +6,6 @@ The widget is thin: it binds ScarNet.ui to a parameter node and forwards clicks 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -209,34 +208,17 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # dependencies --------------------------------------------------------------------------
     def ensureDependencies(self) -> bool:
-        """List what is missing, install only with the user's consent; never at import time."""
-        missing = Dependencies.missingPackages()
+        """List what is missing and let the logic install it only with the user's consent; never at import time."""
+        missing = self.logic.missingPackages()
         if not missing:
             return True
         if not slicer.util.confirmOkCancelDisplay(
                 _("ScarNet needs these Python packages, which are not installed:") + "\n"
                 + Dependencies.describe(missing) + "\n\n" + _("Install them now? This may take several minutes.")):
             return False
-        torchWasLoaded = "torch" in sys.modules
-        with slicer.util.WaitCursor():
-            try:
-                if {"torch", "torchvision"} & set(missing):
-                    try:
-                        import PyTorchUtils
-                    except ImportError:
-                        slicer.util.errorDisplay(_("Install the 'PyTorch' extension from the Extensions Manager, "
-                                                   "restart Slicer and try again."))
-                        return False
-                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                        slicer.util.errorDisplay(_("PyTorch could not be installed; see the Python console."))
-                        return False
-                others = [r for m, r in missing.items() if m not in ("torch", "torchvision")]
-                if others:
-                    slicer.util.pip_install(others)
-            except Exception as exc:
-                slicer.util.errorDisplay(_("Installing packages failed: ") + str(exc))
-                return False
-        if torchWasLoaded or Dependencies.missingPackages():
+        with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
+            restart = self.logic.installPackages(missing)
+        if restart:
             slicer.util.infoDisplay(_("Packages installed. Please restart Slicer before segmenting."))
             return False
         return True
@@ -251,9 +233,9 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             self.ui.devicesLabel.text = _("Device check failed: ") + str(exc)
 
-    def updateModelInfo(self):
-        """Info line: model name and licence (from the checkpoint metadata, once known)."""
-        info = self.logic.lastModelInfo
+    def updateModelInfo(self, segmentationNode=None):
+        """Info line: the model (name, licence, device) that made `segmentationNode`, else the bundled model."""
+        info = self.logic.modelInfo(segmentationNode)
         if not info:
             try:
                 from ScarNetCore.resources import default_model_path
@@ -264,8 +246,9 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelInfoLabel.text = ""
             return
         text = f"{info.get('name', '?')} {info.get('version', '')} — " + _("licence: ") + str(info.get("licence", "?"))
-        if self.logic.lastDevice:
-            text += f" — {self.logic.lastDevice}"
+        device = (self.logic.runRecord(segmentationNode) or {}).get("device")
+        if device:
+            text += f" — {device}"
         self.ui.modelInfoLabel.text = text
 
     # segmenting ----------------------------------------------------------------------------
@@ -281,11 +264,8 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not slicer.util.confirmYesNoDisplay(question + "\n" + _("Replace its content with a new result?")):
                 return
             overwrite = True
-        try:
+        with slicer.util.tryWithErrorDisplay(_("ScarNet cannot segment this input.")):
             self.job = self.logic.startProcessing(p.inputVolume, p.outputSegmentation, p.settings, overwrite=overwrite)
-        except Exception as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
         self.ui.progressBar.setRange(0, 0)  # busy until the first slices are done
         self.ui.statusLabel.text = _("Loading model and segmenting…")
         self.updateButtons()
@@ -324,8 +304,9 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text += "\n" + "\n".join(_("Warning: ") + w for w in warnings)
         slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=True)
         p.segmentationToQuantify = segmentationNode
-        self.updateModelInfo()
-        self.onUpdateQuantification()
+        self.updateModelInfo(segmentationNode)
+        # its own slot: a quantification error is shown on its own and does not interrupt the job's polling
+        qt.QTimer.singleShot(0, self.onUpdateQuantification)
 
     def onInferenceError(self, message: str):
         self.ui.statusLabel.text = _("Failed.")
@@ -345,18 +326,13 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onUpdateQuantification(self):
         p = self._parameterNode
         insertion = self._insertionPointRas()
-        try:
-            with slicer.util.WaitCursor():
-                table = self.logic.quantify(p.segmentationToQuantify, p.inputVolume, p.resultTable, p.perSliceTable,
-                                            p.perSegmentTable, densityGPerMl=p.settings.densityGPerMl,
-                                            insertionPointRas=insertion)
-        except Exception as exc:
-            slicer.util.errorDisplay(_("Quantification failed:") + "\n" + str(exc))
-            return
-        p.resultTable, p.perSliceTable, p.perSegmentTable = self.logic.lastTables
-        self.ui.resultTableView.setMRMLTableNode(table)
-        warnings = getattr(self.logic.lastQuantification, "warnings", None) or []
-        self.ui.quantificationNotesLabel.text = "\n".join(warnings)
+        with slicer.util.tryWithErrorDisplay(_("Quantification failed."), waitCursor=True):
+            done = self.logic.quantify(p.segmentationToQuantify, p.inputVolume, p.resultTable, p.perSliceTable,
+                                       p.perSegmentTable, densityGPerMl=p.settings.densityGPerMl,
+                                       insertionPointRas=insertion)
+        p.resultTable, p.perSliceTable, p.perSegmentTable = done.table, done.perSliceTable, done.perSegmentTable
+        self.ui.resultTableView.setMRMLTableNode(done.table)
+        self.ui.quantificationNotesLabel.text = "\n".join(done.result.warnings)
 
     def _insertionPointRas(self):
         p = self._parameterNode
@@ -391,7 +367,7 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # --------------------------------------------------------------------------------------- logic
 # The logic is ScarNetLib.ScarNetLogic (imported above; usable without this widget):
 #     segmentationNode = ScarNetLogic().process(volumeNode)
-#     tableNode = ScarNetLogic().quantify(segmentationNode, volumeNode)
+#     tableNode = ScarNetLogic().quantify(segmentationNode, volumeNode).table
 def scarNetParameterNode() -> ScarNetParameterNode:
     """The module's singleton parameter node in the current scene."""
     moduleLogic = ScriptedLoadableModuleLogic()
@@ -441,7 +417,7 @@ class ScarNetTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Quantifying")
         from ScarNetCore.quantify import quantify
-        metrics = logic.metricsFromTable(logic.quantify(segmentationNode, volume))
+        metrics = logic.metricsFromTable(logic.quantify(segmentationNode, volume).table)
         image = sitkImageFromVolumeNode(volume)
         labels = sitk.GetImageFromArray(labelArray)
         labels.CopyInformation(image)

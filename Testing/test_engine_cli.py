@@ -1,7 +1,8 @@
-"""`scarnet segment` end to end: outputs, partial failures, refusal to overwrite, one-line errors."""
+"""`scarnet segment` and the worker end to end: outputs, partial failures, refusal to overwrite, one-line errors."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pickle
 import re
@@ -233,3 +234,22 @@ def test_info_prints_parameters_and_flops(capsys, model_and_path):
     assert f"{counts['total']:,} total" in out and f"{counts['encoder']:,} encoder" in out
     gflop = float(out.split("FLOPs per slice: ")[1].split(" GFLOP")[0])
     assert 1.0 < gflop < 200.0  # a 256×256 TinyViT + U-Net pass: tens of GFLOPs, not zero or absurd
+
+
+def test_worker_counts_slices_along_the_acquisition_axis(tmp_path, model_path):
+    """`python -m ScarNetCore.worker` (the Slicer module's child process) on a stack whose slices lie along
+    i, not k: its status reports 3 slices, as the Segmenter cuts them, not the 40 voxels along k."""
+    from ScarNetCore import worker
+
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.random((40, 48, 3)).astype(np.float32))  # size (i, j, k) = (3, 48, 40)
+    image.SetSpacing((10.0, 1.25, 1.25))
+    assert worker.slice_count(image) == 3
+    source, labels, status = tmp_path / "in.nrrd", tmp_path / "labels.nrrd", tmp_path / "status.json"
+    sitk.WriteImage(image, str(source))
+    assert worker.main(["--input", str(source), "--output", str(labels), "--status", str(status),
+                        "--cancel-file", str(tmp_path / "cancel"), "--model", str(model_path), "--device", "cpu"]) == 0
+    report = json.loads(status.read_text())
+    assert report["state"] == "finished", report
+    assert (report["done"], report["total"]) == (3, 3)
+    assert sitk.ReadImage(str(labels)).GetSize() == image.GetSize()

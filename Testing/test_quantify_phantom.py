@@ -11,6 +11,7 @@ from ScarNetCore.quantify.aha import sector_segments
 from ScarNetCore.quantify.geometry import StackGeometry
 from ScarNetCore.quantify.phantoms import ring_phantom, rotation
 from ScarNetCore.quantify.transmurality import chords
+from ScarNetCore.volume import split_slices
 
 R_IN, R_OUT, THICK = 20.0, 30.0, 8.0
 
@@ -99,12 +100,12 @@ def test_transmurality_within_one_voxel(depth, spacing, size):
     wall = R_OUT - R_IN
     # every chord through the scar measures scar thickness and wall thickness within one voxel
     stack = StackGeometry.from_image(p.labels)
-    arr = stack.to_stack(sitk.GetArrayFromImage(p.labels).astype(np.int16))
-    axis = aha.long_axis(arr, stack)
-    u, v = stack.inplane_basis(axis.apex_direction)
-    ins = aha.insertion_from_point(np.asarray(p.insertion_point), arr, stack, axis, u, v)
-    seg = aha.segment_map(arr, stack, axis, u, v, ins.angle_deg)
-    found = chords(arr, seg, stack, axis, u, v, ins.angle_deg)
+    arr, _ = split_slices(sitk.GetArrayFromImage(p.labels).astype(np.int16), p.labels, stack.array_axis)
+    frame = aha.LVFrame.of(arr, stack)
+    ins = aha.insertion_from_point(np.asarray(p.insertion_point), frame)
+    frame = frame.with_insertion(ins.angle_deg)
+    seg = aha.segment_map(frame)
+    found = chords(frame, seg)
     in_scar = np.isin(found.segment, (2, 3, 8, 9))
     assert in_scar.sum() == 4 * 60 * 3
     assert np.abs(found.scar_mm[in_scar] - depth).max() <= voxel

@@ -194,7 +194,7 @@ def test_applied_labels_segments_geometry_and_terminology(logic):
     assert logic.outputState(segmentationNode) == "unchanged"
     assert segmentationNode.GetAttribute("ScarNet.InputVolumeID") == volume.GetID()
     assert json.loads(segmentationNode.GetAttribute("ScarNet.Model")) == KNOWN
-    assert logic.lastModelInfo == KNOWN
+    assert logic.modelInfo(segmentationNode) == KNOWN
 
 
 def _offGrid(volume, labels):
@@ -281,7 +281,8 @@ def eraseHalf(segmentationNode, segmentId):
 def test_quantify_follows_manual_edits(logic, tmp_path):
     scene, volume, labels, image = makeScene()
     segmentationNode = applyKnown(logic, volume, labels)
-    table = logic.quantify(segmentationNode, volume)
+    quantification = logic.quantify(segmentationNode, volume)
+    table = quantification.table
     assert table.IsA("vtkMRMLTableNode") and table.GetScene() is scene
     metrics = logic.metricsFromTable(table)
     voxelMl = float(np.prod(image.GetSpacing())) / 1000.0
@@ -291,13 +292,13 @@ def test_quantify_follows_manual_edits(logic, tmp_path):
     assert metrics["myocardium_g"] == pytest.approx(metrics["myocardium_ml"] * 1.05, rel=1e-6)
     assert metrics["scar_percent_lv"] == pytest.approx(100 * scar_mask(labels).sum() / myocardium_mask(labels).sum(),
                                                        rel=1e-6)
-    _, perSlice, perSegment = logic.lastTables
+    perSlice, perSegment = quantification.perSliceTable, quantification.perSegmentTable
     assert perSlice.GetTable().GetNumberOfRows() > 0 and perSegment.GetTable().GetNumberOfRows() == 17
 
     erased = eraseHalf(segmentationNode, "ScarNet_Scar")
     assert erased > 0
     assert logic.outputState(segmentationNode) == "edited"
-    table2 = logic.quantify(segmentationNode, volume, tableNode=table)
+    table2 = logic.quantify(segmentationNode, volume, tableNode=table).table
     assert table2 is table  # "Update quantification" refills, never piles up tables
     edited = logic.metricsFromTable(table)
     assert edited["scar_ml"] == pytest.approx(metrics["scar_ml"] - erased * voxelMl, rel=1e-6)
@@ -508,7 +509,8 @@ def test_process_applies_exactly_what_the_segmenter_returns(sampleSlab, modelSet
     assert segmentationNode.GetScene() is scene
     assert progress == [(0, 2), (1, 2), (2, 2)]
     assertExactResult(segmentationNode, volume, directLabels, batchSize=1)
-    assert logic.lastModelInfo["name"] == directLabels.modelInfo["name"] and logic.lastDevice == "cpu"
+    assert logic.modelInfo(segmentationNode)["name"] == directLabels.modelInfo["name"]
+    assert logic.runRecord(segmentationNode)["device"] == "cpu"
 
 
 def test_thread_job_reports_progress_and_applies_exactly(sampleSlab, modelSettings, directLabels):
@@ -650,9 +652,9 @@ def test_bundled_model_on_sample(sampleImage):
     segmentationNode = logic.process(volume, settings=ScarNetSettings(device="cpu"))  # the bundled model
     assertScarNetSegments(segmentationNode)
     assertOnVolumeGrid(segmentationNode, volume)
-    assert logic.lastModelInfo.get("name")
+    assert logic.modelInfo(segmentationNode).get("name")
 
-    table = logic.quantify(segmentationNode, volume)
+    table = logic.quantify(segmentationNode, volume).table
     metrics = logic.metricsFromTable(table)
     image = sitkImageFromVolumeNode(volume)
     labels = sitk.GetImageFromArray(labelArrayFromSegmentation(segmentationNode, volume))

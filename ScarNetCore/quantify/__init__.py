@@ -2,7 +2,7 @@
 
     result = quantify(labels, image=None, density_g_per_ml=1.05, insertion_point=None, classical=False)
 
-Modules: volumes (mL, g, %), aha (17-segment assignment and its documented rules),
+Modules: measures (mL, g, %), aha (17-segment assignment and its documented rules),
 transmurality (radial chords), classical (n-SD, FWHM), bullseye (plots).
 """
 from .aha import SEGMENT_NAMES

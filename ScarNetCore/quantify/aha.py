@@ -36,7 +36,7 @@ Rules, in the order they are applied:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -142,6 +142,32 @@ def _apex_vector(geom: StackGeometry, high: bool) -> np.ndarray:
     return geom.normal if high else -geom.normal
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields do not compare with ==
+class LVFrame:
+    """Where angles are measured: the labels, their geometry, the long axis, the in-plane basis (u, v)
+    with u × v = apex direction, and the RV insertion angle in that basis (None until it is known)."""
+    stack: np.ndarray             # labels, stack layout
+    geom: StackGeometry
+    axis: LongAxis
+    u: np.ndarray
+    v: np.ndarray
+    insertion_deg: float | None = None
+
+    @classmethod
+    def of(cls, stack: np.ndarray, geom: StackGeometry) -> "LVFrame":
+        axis = long_axis(stack, geom)
+        return cls(stack, geom, axis, *geom.inplane_basis(axis.apex_direction))
+
+    def with_insertion(self, insertion_deg: float) -> "LVFrame":
+        return replace(self, insertion_deg=float(insertion_deg))
+
+    def inplane_xy(self, centre_ab, a, b) -> tuple[np.ndarray, np.ndarray]:
+        """Physical in-plane mm (x along u, y along v) of index (a, b) relative to centre (a, b)."""
+        m = self.geom.inplane_matrix(self.u, self.v)
+        da, db = np.asarray(a, float) - centre_ab[0], np.asarray(b, float) - centre_ab[1]
+        return m[0, 0] * da + m[0, 1] * db, m[1, 0] * da + m[1, 1] * db
+
+
 def sector_segments(levels: np.ndarray, rel_angle_deg: np.ndarray) -> np.ndarray:
     """AHA segment (1..17, 0 where level is NONE) from level and angle from the insertion point."""
     levels = np.asarray(levels)
@@ -156,13 +182,6 @@ def sector_segments(levels: np.ndarray, rel_angle_deg: np.ndarray) -> np.ndarray
     return out.astype(np.int8)
 
 
-def inplane_xy(geom: StackGeometry, u, v, centre_ab, a, b) -> tuple[np.ndarray, np.ndarray]:
-    """Physical in-plane mm (x along u, y along v) of index (a, b) relative to centre (a, b)."""
-    m = geom.inplane_matrix(u, v)
-    da, db = np.asarray(a, float) - centre_ab[0], np.asarray(b, float) - centre_ab[1]
-    return m[0, 0] * da + m[0, 1] * db, m[1, 0] * da + m[1, 1] * db
-
-
 @dataclass
 class Insertion:
     angle_deg: float              # angle of the anterior RV insertion in the (u, v) frame
@@ -172,8 +191,8 @@ class Insertion:
     warnings: list[str]
 
 
-def insertion_from_point(point: np.ndarray, stack: np.ndarray, geom: StackGeometry, axis: LongAxis,
-                         u: np.ndarray, v: np.ndarray) -> Insertion:
+def insertion_from_point(point: np.ndarray, frame: LVFrame) -> Insertion:
+    geom, axis = frame.geom, frame.axis
     slices = _slices_with_centre(axis)
     if not slices:
         return Insertion(0.0, np.asarray(point, float), False, -1, ["no myocardium: the insertion point is unused"])
@@ -181,13 +200,13 @@ def insertion_from_point(point: np.ndarray, stack: np.ndarray, geom: StackGeomet
     t = min(slices, key=lambda s: abs(s - t_point))
     centre = geom.physical(t, *axis.centres[t])
     rel = np.asarray(point, float) - centre
-    x, y = float(rel @ u), float(rel @ v)
+    x, y = float(rel @ frame.u), float(rel @ frame.v)
     radius = float(np.hypot(x, y))
     if radius < 1e-6:
         raise InputError("the insertion point lies on the LV long axis; place it where the RV free wall "
                          "meets the anterior septum (the anterior RV insertion)")
     warnings = []
-    outer = _outer_radius(stack, geom, axis, u, v, t)
+    outer = _outer_radius(frame, t)
     if outer > 0 and radius > 4 * outer:
         warnings.append(f"the insertion point is {radius:.0f} mm from the LV centre (LV radius ≈ {outer:.0f} mm): "
                         "check it is in LPS coordinates (Slicer shows RAS: negate X and Y)")
@@ -198,9 +217,9 @@ def insertion_from_point(point: np.ndarray, stack: np.ndarray, geom: StackGeomet
     return Insertion(float(np.degrees(np.arctan2(y, x))), np.asarray(point, float), False, t, warnings)
 
 
-def estimate_insertion(stack: np.ndarray, geom: StackGeometry, axis: LongAxis,
-                       u: np.ndarray, v: np.ndarray) -> Insertion:
+def estimate_insertion(frame: LVFrame) -> Insertion:
     """Rule 6 of the module docstring."""
+    axis, u, v = frame.axis, frame.u, frame.v
     right = PATIENT_RIGHT - (PATIENT_RIGHT @ axis.apex_direction) * axis.apex_direction
     if np.linalg.norm(right) > 0.2:
         angle = np.degrees(np.arctan2(right @ v, right @ u)) - SEPTUM_FROM_INSERTION_DEG
@@ -215,9 +234,9 @@ def estimate_insertion(stack: np.ndarray, geom: StackGeometry, axis: LongAxis,
     mids = [t for t in slices if axis.levels[t] == MID] or slices
     t = mids[len(mids) // 2]
     # a representative point (on the epicardial radius) so viewers can show where the estimate lies
-    radius = _outer_radius(stack, geom, axis, u, v, t) or 30.0
+    radius = _outer_radius(frame, t) or 30.0
     rad = np.radians(angle)
-    point = geom.physical(t, *axis.centres[t]) + radius * (np.cos(rad) * u + np.sin(rad) * v)
+    point = frame.geom.physical(t, *axis.centres[t]) + radius * (np.cos(rad) * u + np.sin(rad) * v)
     return Insertion(float(angle), point, True, t, [warning])
 
 
@@ -225,23 +244,24 @@ def _slices_with_centre(axis: LongAxis) -> list[int]:
     return [t for t in range(len(axis.levels)) if axis.levels[t] != NONE and np.isfinite(axis.centres[t]).all()]
 
 
-def _outer_radius(stack, geom, axis, u, v, t) -> float:
-    a, b = np.nonzero(myocardium_mask(stack[t]))
+def _outer_radius(frame: LVFrame, t: int) -> float:
+    a, b = np.nonzero(myocardium_mask(frame.stack[t]))
     if a.size == 0:
         return 0.0
-    x, y = inplane_xy(geom, u, v, axis.centres[t], a, b)
+    x, y = frame.inplane_xy(frame.axis.centres[t], a, b)
     return float(np.sqrt(x * x + y * y).max())
 
 
-def segment_map(stack: np.ndarray, geom: StackGeometry, axis: LongAxis, u, v, insertion_deg: float) -> np.ndarray:
+def segment_map(frame: LVFrame) -> np.ndarray:
     """AHA segment number (1..17) of every myocardial voxel, 0 elsewhere, in stack layout."""
+    stack, axis = frame.stack, frame.axis
     out = np.zeros(stack.shape, dtype=np.int8)
     myo = myocardium_mask(stack)
     for t in range(stack.shape[0]):
         if axis.levels[t] == NONE or not myo[t].any():
             continue
         a, b = np.nonzero(myo[t])
-        x, y = inplane_xy(geom, u, v, axis.centres[t], a, b)
-        rel = np.degrees(np.arctan2(y, x)) - insertion_deg
+        x, y = frame.inplane_xy(axis.centres[t], a, b)
+        rel = np.degrees(np.arctan2(y, x)) - frame.insertion_deg
         out[t, a, b] = sector_segments(np.full(a.size, axis.levels[t]), rel)
     return out

@@ -6,13 +6,14 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..labels import myocardium_mask
+from ..volume import join_slices, split_slices
 from . import aha
 from .classical import classical_methods
 from .geometry import StackGeometry
 from .inputs import (as_volume, check_density, check_point, check_same_grid, image_array, label_array)
+from .measures import ML_PER_MM3, classical_global, global_metrics, per_segment_rows, per_slice_rows
 from .result import QuantResult
 from .transmurality import chords as measure_chords
-from .volumes import ML_PER_MM3, classical_global, global_metrics, per_segment_rows, per_slice_rows
 
 
 def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_ml: float = 1.05,
@@ -49,16 +50,21 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
         remote_zyx = sitk.GetArrayFromImage(remote3) != 0
 
     geom = StackGeometry.from_image(labels3, slice_axis=2 if was_2d else None)
-    stack = geom.to_stack(label_zyx)
-    axis = aha.long_axis(stack, geom)
-    u, v = geom.inplane_basis(axis.apex_direction)
+
+    def to_stack(array_zyx):
+        return split_slices(array_zyx, labels3, geom.array_axis)[0]
+
+    def to_image(stack_array):
+        return _to_image(join_slices(stack_array, geom.array_axis), labels, labels3, was_2d)
+
+    stack = to_stack(label_zyx)
+    frame = aha.LVFrame.of(stack, geom)
+    axis = frame.axis
     point = check_point(insertion_point, was_2d)
-    if point is not None:
-        insertion = aha.insertion_from_point(point, stack, geom, axis, u, v)
-    else:
-        insertion = aha.estimate_insertion(stack, geom, axis, u, v)
-    segments = aha.segment_map(stack, geom, axis, u, v, insertion.angle_deg)
-    chord_set = measure_chords(stack, segments, geom, axis, u, v, insertion.angle_deg)
+    insertion = aha.insertion_from_point(point, frame) if point is not None else aha.estimate_insertion(frame)
+    frame = frame.with_insertion(insertion.angle_deg)
+    segments = aha.segment_map(frame)
+    chord_set = measure_chords(frame, segments)
 
     voxel_ml = geom.voxel_volume_mm3 * ML_PER_MM3
     warnings = list(insertion.warnings)
@@ -79,8 +85,8 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
     classical_stacks: dict[str, np.ndarray] = {}
     classical_images: dict[str, sitk.Image] = {}
     if classical:
-        remote_stack = geom.to_stack(remote_zyx) if remote_zyx is not None else None
-        found = classical_methods(geom.to_stack(image_zyx), stack, segments, remote_stack, inplane_axes=(1, 2))
+        remote_stack = to_stack(remote_zyx) if remote_zyx is not None else None
+        found = classical_methods(to_stack(image_zyx), stack, segments, remote_stack, inplane_axes=(1, 2))
         warnings.extend(found.warnings)
         classical_stacks = found.labels
         metrics.update({"remote_rule": found.remote.rule, "remote_segment": found.remote.segment,
@@ -89,7 +95,7 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
         for name, arr in classical_stacks.items():
             metrics[f"threshold_{name}"] = found.thresholds[name]
             metrics.update(classical_global(name, arr, metrics["myocardium_voxels"], voxel_ml, density))
-            classical_images[name] = _to_image(geom.from_stack(arr), labels, labels3, was_2d)
+            classical_images[name] = to_image(arr)
 
     rows_slice = per_slice_rows(stack, geom, axis.levels, voxel_ml, density, classical_stacks)
     rows_segment = per_segment_rows(stack, segments, chord_set, voxel_ml, density, classical_stacks)
@@ -97,7 +103,7 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
         warnings.append("no myocardial voxel could be assigned to an AHA segment")
     return QuantResult(global_metrics=metrics, per_slice=rows_slice, per_segment=rows_segment,
                        classical_labels=classical_images,
-                       segment_labels=_to_image(geom.from_stack(segments), labels, labels3, was_2d),
+                       segment_labels=to_image(segments),
                        warnings=warnings)
 
 

@@ -1,17 +1,18 @@
 """Where voxels are in the patient: slice axis, physical in-plane coordinates, voxel volume.
 
-Arrays are handled in "stack" layout [slice, a, b], where `slice` is the acquisition
-(through-plane) index axis and a < b are the two in-plane index axes, so per-slice loops and
-long-axis logic never depend on how the file happened to order its axes.
+Arrays are handled in "stack" layout [slice, a, b]: the layout of ScarNetCore.volume.split_slices,
+which the segmentation also uses, so quantify's slice t is the segmentation's slice t. `slice` is the
+acquisition (through-plane) axis and (a, b) the rows and columns, so per-slice loops and long-axis
+logic never depend on how the file happened to order its axes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..volume import slice_index_axis
-import SimpleITK as sitk
 
 # LPS unit vectors of the directions that matter anatomically.
 PATIENT_RIGHT = np.array([-1.0, 0.0, 0.0])
@@ -27,29 +28,24 @@ class StackGeometry:
     origin: np.ndarray                  # LPS mm
     direction: np.ndarray               # 3x3, column d = physical direction of index axis d
     slice_axis: int                     # index axis of the acquisition (through-plane) direction
-    inplane_axes: tuple[int, int]
+    inplane_axes: tuple[int, int]       # index axes of the stack's rows (a) and columns (b)
 
     @classmethod
     def from_image(cls, image: sitk.Image, slice_axis: int | None = None) -> "StackGeometry":
         spacing = np.asarray(image.GetSpacing(), float)
         if slice_axis is None:
-            slice_axis = choose_slice_axis(spacing)
-        inplane = tuple(d for d in range(3) if d != slice_axis)
+            slice_axis = slice_index_axis(spacing)  # the segmentation's rule: per-slice rows are its slices
+        # split_slices keeps the other array axes in order; array axis n is index axis 2 - n
+        inplane = tuple(d for d in (2, 1, 0) if d != slice_axis)
         return cls(size=tuple(image.GetSize()), spacing=spacing, origin=np.asarray(image.GetOrigin(), float),
                    direction=np.asarray(image.GetDirection(), float).reshape(3, 3),
                    slice_axis=slice_axis, inplane_axes=inplane)  # type: ignore[arg-type]
 
     # ---- array layout -------------------------------------------------------------------
     @property
-    def _perm(self) -> tuple[int, int, int]:
-        # a SimpleITK array is [k, j, i]: numpy axis of index axis d is 2 - d
-        return (2 - self.slice_axis, 2 - self.inplane_axes[0], 2 - self.inplane_axes[1])
-
-    def to_stack(self, array_zyx: np.ndarray) -> np.ndarray:
-        return np.transpose(array_zyx, self._perm)
-
-    def from_stack(self, stack: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.transpose(stack, np.argsort(self._perm)))
+    def array_axis(self) -> int:
+        """Axis of the acquisition direction in a SimpleITK array ([k, j, i]): split_slices's `axis`."""
+        return 2 - self.slice_axis
 
     @property
     def n_slices(self) -> int:
@@ -124,7 +120,3 @@ class StackGeometry:
         return np.array([[self.step_a @ u, self.step_b @ u],
                          [self.step_a @ v, self.step_b @ v]])
 
-
-def choose_slice_axis(spacing: np.ndarray) -> int:
-    """The segmentation's own rule (ScarNetCore.volume), so per-slice rows follow the same slices."""
-    return slice_index_axis(spacing)

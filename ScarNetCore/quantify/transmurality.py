@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..labels import myocardium_mask, scar_mask
-from .aha import NONE, LongAxis, sector_segments
-from .geometry import StackGeometry
+from .aha import NONE, LVFrame, sector_segments
 
 CHORDS_PER_SLICE = 360
 SAMPLE_FRACTION = 0.2
@@ -42,15 +41,15 @@ class Chords:
         return 100.0 * self.scar_mm / self.wall_mm
 
 
-def chords(stack: np.ndarray, segments: np.ndarray, geom: StackGeometry, axis: LongAxis, u, v,
-           insertion_deg: float, n_chords: int = CHORDS_PER_SLICE) -> Chords:
+def chords(frame: LVFrame, segments: np.ndarray, n_chords: int = CHORDS_PER_SLICE) -> Chords:
     """Chords of every slice; `segments` is aha.segment_map's output (stack layout)."""
-    matrix = geom.inplane_matrix(u, v)
+    stack, geom, axis = frame.stack, frame.geom, frame.axis
+    matrix = geom.inplane_matrix(frame.u, frame.v)
     to_index = np.linalg.inv(matrix)                       # (x, y) mm -> (Δa, Δb)
     na, nb = stack.shape[1:]
     step = SAMPLE_FRACTION * float(min(geom.spacing[list(geom.inplane_axes)]))
     rel_deg = (np.arange(n_chords) + 0.5) * 360.0 / n_chords
-    theta = np.radians(insertion_deg + rel_deg)
+    theta = np.radians(frame.insertion_deg + rel_deg)
     per_mm = (to_index @ np.vstack([np.cos(theta), np.sin(theta)])).T   # (n_chords, 2) index per mm
     myo_all, scar_all = myocardium_mask(stack), scar_mask(stack)
     parts = []

@@ -1,11 +1,14 @@
-"""Which Python packages ScarNetCore needs that this Python lacks - found without importing them.
+"""Which Python packages ScarNetCore needs that this Python lacks (found without importing them), and
+installing them.
 
-Nothing is installed here: the widget lists what is missing and installs only after the user
-agrees (PyTorch through the PyTorch extension, which picks the build matching the GPU driver).
+Nothing is installed on import or without being asked: the widget lists what is missing and calls
+install() only after the user agrees. PyTorch comes through the PyTorch extension, which picks the
+build matching the GPU driver; the rest through pip.
 """
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 TORCH = "torch"
 # import name -> pip requirement; SimpleITK and numpy ship with Slicer but are checked anyway
@@ -40,3 +43,22 @@ def describe(missing: dict) -> str:
     lines = [f"  - {requirement}" + (" (via the PyTorch extension)" if module in (TORCH, "torchvision") else "")
              for module, requirement in missing.items()]
     return "\n".join(lines)
+
+
+def install(missing: dict) -> bool:
+    """Install `missing` (missingPackages' result) into Slicer's Python; True when Slicer must restart
+    before segmenting. Raises RuntimeError saying what to do when it cannot install."""
+    import slicer
+    torchWasLoaded = TORCH in sys.modules  # a loaded torch is not replaced until Slicer restarts
+    if {TORCH, "torchvision"} & set(missing):
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError("Install the 'PyTorch' extension from the Extensions Manager, restart Slicer "
+                               "and try again.") from None
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            raise RuntimeError("PyTorch could not be installed; see the Python console.")
+    others = [requirement for module, requirement in missing.items() if module not in (TORCH, "torchvision")]
+    if others:
+        slicer.util.pip_install(others)
+    return torchWasLoaded or bool(missingPackages())

@@ -7,6 +7,7 @@ cancelled run leaves the scene as it was.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -18,10 +19,10 @@ import SimpleITK as sitk
 import slicer
 from ScarNetCore.errors import InputError
 
-from . import Parameter
+from . import Dependencies, Parameter
 from .Conversion import ScarNetSceneError, rasToLps, sitkImageFromVolumeNode, volumeNodeGeometryMatches
 from .Parameter import ScarNetSettings
-from .Runner import CANCELLED, FAILED, FINISHED, InProcessRunner, RunState, ThreadRunner
+from .Runner import CANCELLED, FAILED, InProcessRunner, RunState, ThreadRunner
 from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, QC_FLAGS_ATTRIBUTE,
                        RUN_RECORD_ATTRIBUTE, SEGMENT_DEFINITIONS,
                        labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
@@ -45,6 +46,16 @@ def _unit(key: str) -> str:
     return next((unit for suffix, unit in _UNITS if key.endswith(suffix)), "")
 
 
+@dataclasses.dataclass(frozen=True)
+class Quantification:
+    """What ScarNetLogic.quantify made: the engine's result (ScarNetCore.quantify.QuantResult, whose
+    warnings the reader should see) and the three table nodes showing it."""
+    result: object
+    table: object           # summary: one row per measurement
+    perSliceTable: object
+    perSegmentTable: object  # AHA segments 1..17
+
+
 class ScarNetLogic:
     """Usable without the widget. Signals: progressInfo(done, total), inferenceFinished(segNode),
     errorOccurred(message), inferenceCancelled()."""
@@ -56,9 +67,17 @@ class ScarNetLogic:
         self.inferenceFinished = Signal("segmentationNode")
         self.errorOccurred = Signal("message:str")
         self.inferenceCancelled = Signal()
-        self.lastQuantification = None
-        self.lastModelInfo: dict = {}
-        self.lastDevice = ""
+
+    # ------------------------------------------------------------------------- dependencies
+    @staticmethod
+    def missingPackages() -> dict:
+        """import name -> pip requirement of each package ScarNetCore needs that this Python lacks."""
+        return Dependencies.missingPackages()
+
+    @staticmethod
+    def installPackages(missing: dict) -> bool:
+        """Install `missing` (only after the user agreed); True when Slicer must restart to use them."""
+        return Dependencies.install(missing)
 
     # ----------------------------------------------------------------------------------- checks
     @staticmethod
@@ -126,36 +145,28 @@ class ScarNetLogic:
         runner = runner or InProcessRunner(self.segmenterFactory, progress=progress)
         runner.start(image, modelPath, settings.device, settings.batchSize)
         state = runner.wait()
-        self._raiseIfUnsuccessful(state)
+        state.raiseIfUnsuccessful()
         return self.applyLabels(inputVolumeNode, state.labels, outputSegmentationNode, overwrite=overwrite,
-                                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags,
-                                runRecord=state.runRecord)
+                                modelInfo=state.modelInfo, qcFlags=state.qcFlags, runRecord=state.runRecord)
 
     def startProcessing(self, inputVolumeNode, outputSegmentationNode=None,
                         settings: Optional[ScarNetSettings] = None, overwrite: Optional[bool] = None,
                         runner=None) -> "SegmentationJob":
-        """Start a background run; the caller (a QTimer in the GUI) calls job.poll() until it returns False."""
+        """Start a background run; the caller (a QTimer in the GUI) calls job.poll() until it returns False.
+
+        The job's signals are relayed to this logic's, so a widget connects once, not per job."""
         image, modelPath, settings, overwrite = self.prepareInput(
             inputVolumeNode, outputSegmentationNode, settings, overwrite)
-        job = SegmentationJob(self, runner or self.runnerFactory(), inputVolumeNode, outputSegmentationNode, overwrite)
+        job = SegmentationJob(self.applyLabels, runner or self.runnerFactory(), inputVolumeNode,
+                              outputSegmentationNode, overwrite)
+        for source, target in ((job.progressInfo, self.progressInfo), (job.finished, self.inferenceFinished),
+                               (job.errorOccurred, self.errorOccurred), (job.cancelled, self.inferenceCancelled)):
+            source.connect(target.emit)
         job.start(image, modelPath, settings)
         return job
 
-    @staticmethod
-    def _raiseIfUnsuccessful(state: RunState) -> None:
-        if state.status == FINISHED:
-            return
-        from ScarNetCore import errors
-        if state.status == CANCELLED:
-            raise errors.Cancelled(state.message or "Cancelled")
-        errorClass = getattr(errors, state.errorType, None)
-        if isinstance(errorClass, type) and issubclass(errorClass, errors.ScarNetError):
-            raise errorClass(state.message)
-        raise RuntimeError(f"{state.errorType}: {state.message}" if state.errorType else state.message)
-
     def applyLabels(self, inputVolumeNode, labels: sitk.Image, outputSegmentationNode=None, overwrite: bool = False,
-                    modelInfo: Optional[dict] = None, device: str = "", qcFlags: Optional[list] = None,
-                    runRecord: Optional[dict] = None):
+                    modelInfo: Optional[dict] = None, qcFlags: Optional[list] = None, runRecord: Optional[dict] = None):
         """Apply a ScarNet result to the scene and return the segmentation node (new unless one is given).
 
         The one step after the Segmenter returns, used by process() and by background jobs alike:
@@ -208,8 +219,13 @@ class ScarNetLogic:
             if created and node is not None:
                 scene.RemoveNode(node)
             raise
-        self.lastModelInfo, self.lastDevice = dict(modelInfo or {}), device
         return node
+
+    @staticmethod
+    def modelInfo(segmentationNode) -> dict:
+        """The model facts ScarNet put on the node when it segmented (empty for other segmentations)."""
+        text = segmentationNode.GetAttribute(MODEL_ATTRIBUTE) if segmentationNode is not None else None
+        return json.loads(text) if text else {}
 
     @staticmethod
     def qcWarnings(segmentationNode) -> list[str]:
@@ -220,14 +236,13 @@ class ScarNetLogic:
 
     # --------------------------------------------------------------------------- quantifying
     def quantify(self, segmentationNode, inputVolumeNode, tableNode=None, perSliceTableNode=None,
-                 perSegmentTableNode=None, densityGPerMl: float = 1.05, insertionPointRas=None):
-        """Quantify the segmentation as it is now (manual edits included); returns the summary table node.
+                 perSegmentTableNode=None, densityGPerMl: float = 1.05, insertionPointRas=None) -> Quantification:
+        """Quantify the segmentation as it is now (manual edits included).
 
-        Per-slice and per-segment (AHA) tables are filled when given, and created when None
-        (``self.lastTables`` holds all three).
+        The summary, per-slice and per-segment (AHA) tables are refilled when given, created when None;
+        all three come back with the result.
         """
         _, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas)
-        self.lastQuantification = result
         scene = segmentationNode.GetScene()
         base = segmentationNode.GetName()
         rows = self.summaryRows(result.global_metrics)
@@ -236,8 +251,7 @@ class ScarNetLogic:
                                    list(getattr(result, "per_slice", None) or []), segmentationNode, inputVolumeNode)
         perSegment = self._fillTable(scene, perSegmentTableNode, f"{base} AHA segments",
                                      list(getattr(result, "per_segment", None) or []), segmentationNode, inputVolumeNode)
-        self.lastTables = (tableNode, perSlice, perSegment)
-        return tableNode
+        return Quantification(result, tableNode, perSlice, perSegment)
 
     @staticmethod
     def _quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas):
@@ -388,11 +402,19 @@ class ScarNetLogic:
 
 
 class SegmentationJob:
-    """One background run, driven from the main thread by poll(); results applied only on success."""
+    """One background run, driven from the main thread by poll(); results applied only on success.
 
-    def __init__(self, logic: ScarNetLogic, runner, inputVolumeNode, outputSegmentationNode, overwrite: bool):
-        self.logic, self.runner = logic, runner
+    Signals: progressInfo(done, total), finished(segmentationNode), errorOccurred(message), cancelled().
+    `apply` applies a finished run's labels to the scene (ScarNetLogic.applyLabels).
+    """
+
+    def __init__(self, apply: Callable, runner, inputVolumeNode, outputSegmentationNode, overwrite: bool):
+        self.apply, self.runner = apply, runner
         self.inputVolumeNode, self.outputSegmentationNode, self.overwrite = inputVolumeNode, outputSegmentationNode, overwrite
+        self.progressInfo = Signal("done:int, total:int")
+        self.finished = Signal("segmentationNode")
+        self.errorOccurred = Signal("message:str")
+        self.cancelled = Signal()
         self.state = RunState()
         self.segmentationNode = None
         self.errorMessage = ""
@@ -421,27 +443,27 @@ class SegmentationJob:
         state = self.runner.poll()
         if not state.isDone:
             if (state.done, state.total) != (self.state.done, self.state.total):
-                self.logic.progressInfo.emit(state.done, state.total)
+                self.progressInfo.emit(state.done, state.total)
             self.state = state
             return True
         self.state = state
         if state.status == CANCELLED:
-            self.logic.inferenceCancelled.emit()
+            self.cancelled.emit()
             return False
         try:
-            ScarNetLogic._raiseIfUnsuccessful(state)
+            state.raiseIfUnsuccessful()
             if self.outputSegmentationNode is not None and self._outputHash() != self._outputHashAtStart:
                 raise ScarNetSceneError(f"Segmentation '{self.outputSegmentationNode.GetName()}' was changed while "
                                         "ScarNet was running; the result was not applied.")
-            self.segmentationNode = self.logic.applyLabels(
+            self.segmentationNode = self.apply(
                 self.inputVolumeNode, state.labels, self.outputSegmentationNode, overwrite=self.overwrite,
-                modelInfo=state.modelInfo, device=state.device, qcFlags=state.qcFlags, runRecord=state.runRecord)
+                modelInfo=state.modelInfo, qcFlags=state.qcFlags, runRecord=state.runRecord)
         except Exception as exc:
             self.state = RunState(FAILED, errorType=type(exc).__name__, message=str(exc))
             self.errorMessage = str(exc)
-            self.logic.errorOccurred.emit(self.errorMessage)
+            self.errorOccurred.emit(self.errorMessage)
             return False
-        self.logic.inferenceFinished.emit(self.segmentationNode)
+        self.finished.emit(self.segmentationNode)
         return False
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.02) -> RunState:

@@ -5,9 +5,10 @@ returning a RunState, ``cancel()`` - so the logic and its tests do not care wher
 
 * InProcessRunner - synchronous, in the calling thread (headless scripts, self-test).
 * ThreadRunner    - a Python thread in this process; the model is loaded once and cached.
-* SubprocessRunner - a child Python process (``Worker.py``); the GUI default: the Slicer GUI
-  never waits on it, Cancel always works (cooperative first, then the process is killed), and a
-  crash in the inference stack (e.g. a GPU driver fault) cannot take Slicer down.
+* SubprocessRunner - a child Python process running the engine's worker entry point
+  (``python -m ScarNetCore.worker``); the GUI default: the Slicer GUI never waits on it, Cancel
+  always works (cooperative first, then the process is killed), and a crash in the inference
+  stack (e.g. a GPU driver fault) cannot take Slicer down.
 
 Nothing here touches the MRML scene; results are applied by the logic on the main thread.
 """
@@ -47,6 +48,18 @@ class RunState:
     @property
     def isDone(self) -> bool:
         return self.status in (FINISHED, FAILED, CANCELLED)
+
+    def raiseIfUnsuccessful(self) -> None:
+        """Raise what a cancelled or failed run reported, as the engine's own error class where it has one."""
+        if self.status == FINISHED:
+            return
+        from ScarNetCore import errors
+        if self.status == CANCELLED:
+            raise errors.Cancelled(self.message or "Cancelled")
+        errorClass = getattr(errors, self.errorType, None)
+        if isinstance(errorClass, type) and issubclass(errorClass, errors.ScarNetError):
+            raise errorClass(self.message)
+        raise RuntimeError(f"{self.errorType}: {self.message}" if self.errorType else self.message)
 
 
 def defaultSegmenterFactory(modelPath: Optional[str], device: str):
@@ -156,11 +169,10 @@ class ThreadRunner(InProcessRunner):
 
 
 def _pythonPathForWorker() -> str:
-    """Folders the child needs on sys.path: the one holding ScarNetCore and the one holding ScarNetLib."""
+    """The folder holding ScarNetCore, so the child imports the same engine as this process."""
     import ScarNetCore
-    folders = [str(Path(ScarNetCore.__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1])]
     existing = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join(folders + ([existing] if existing else []))
+    return os.pathsep.join([str(Path(ScarNetCore.__file__).resolve().parents[1])] + ([existing] if existing else []))
 
 
 def defaultPythonExecutable() -> str:
@@ -170,7 +182,7 @@ def defaultPythonExecutable() -> str:
 
 
 class SubprocessRunner:
-    """Runs ``Worker.py`` in a child process; progress and results travel through files."""
+    """Runs ``python -m ScarNetCore.worker`` in a child process; progress and results travel through files."""
 
     CANCEL_GRACE_SECONDS = 10.0  # cooperative cancel first (between batches), then kill
 
@@ -185,7 +197,7 @@ class SubprocessRunner:
     def start(self, image, modelPath, device, batchSize) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="ScarNet-", dir=self._workDirParent))
         sitk.WriteImage(image, str(self._dir / "input.nrrd"))
-        command = [self.pythonExecutable, str(Path(__file__).with_name("Worker.py")),
+        command = [self.pythonExecutable, "-m", "ScarNetCore.worker",
                    "--input", str(self._dir / "input.nrrd"), "--output", str(self._dir / "labels.nrrd"),
                    "--status", str(self._dir / "status.json"), "--cancel-file", str(self._dir / "cancel"),
                    "--device", device, "--batch-size", str(int(batchSize))]
