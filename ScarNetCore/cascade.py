@@ -4,6 +4,9 @@ Stage 1 (locate) sees each whole slice at a coarse spacing (4 mm/pixel, a 448 mm
 gives the probability that a pixel is LV (blood pool or myocardium). The stack's LV is the 3-D
 connected component carrying the most probability, so one centre serves every slice and spurious
 blobs on single slices are ignored. Slices the component does not reach get no stage-2 work.
+Stage 1 works at 4 mm/pixel, so its centre can be off by a few centimetres; stage 2 sees the LV
+within its 160 mm crop all the same, and a first stage-2 pass re-centres the crop on the LV it
+finds (`refine_passes`) before the final one.
 Stage 2 (segment) sees a fixed-size crop at a fine spacing centred on that LV, intensity-normalised
 over the part of the crop that lies in the image, so the result does not depend on how much chest,
 air or padding the user's field of view holds. Probabilities go back to the native grid through
@@ -39,6 +42,9 @@ class StageGeometry:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StageGeometry":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown stage geometry setting(s): {', '.join(sorted(unknown))}")
         return cls(float(data["spacing_mm"]), int(data["grid_size"]), tuple(data.get("percentiles", (0.5, 99.5))))
 
 
@@ -54,6 +60,7 @@ class CascadeParams:
     min_scar_ml: float = 0.0           # case-level "no infarct": less predicted scar than this is dropped
     low_confidence: float = 0.8        # mean top-class probability over the predicted LV below this: flag
     flip_tta: bool = True              # stage 2 averages the identity and two flips
+    refine_passes: int = 1             # re-centre the crop on stage 2's own LV before the final pass
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,13 +150,28 @@ def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, auto
     return find_lv(lv, spacing, cascade.params)
 
 
-def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, device, autocast) -> torch.Tensor:
-    """Stage 2 on some slices: [n, h, w] raw → [n, K, h, w] class probabilities on the native grid."""
+def refine_centre(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, device, autocast,
+                  batch_size: int) -> tuple[float, float]:
+    """Stage 2's own LV centre (native pixels) over the given slices; `centre` if it finds no LV."""
+    sums, count = np.zeros(2), 0
+    for start in range(0, len(slices), batch_size):
+        probs = segment_crops(cascade, slices[start:start + batch_size], spacing, centre, device, autocast, tta=False)
+        _, rows, cols = np.nonzero(probs.argmax(1).numpy() > 0)
+        sums += (rows.sum(), cols.sum())
+        count += len(rows)
+    return tuple(float(v) for v in sums / count) if count else centre
+
+
+def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, device, autocast,
+                  tta: bool | None = None) -> torch.Tensor:
+    """Stage 2 on some slices: [n, h, w] raw → [n, K, h, w] class probabilities on the native grid.
+
+    tta: flip test-time augmentation; None follows the model's setting."""
     geometry = cascade.geometry[SEGMENT]
     mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess(), centre_native=centre)
     raw = mapping.to_grid(torch.from_numpy(slices.astype(np.float32))[:, None])[:, 0].numpy()
     inside = mapping.to_grid(torch.ones(1, 1, *slices.shape[-2:]))[0, 0].numpy() > 0.5
     batch = torch.from_numpy(np.stack([normalize_in_window(r, inside, geometry.percentiles) for r in raw]))[:, None]
     with autocast():
-        probs = _flip_tta(cascade.segment, batch.to(device), cascade.params.flip_tta)
+        probs = _flip_tta(cascade.segment, batch.to(device), cascade.params.flip_tta if tta is None else tta)
     return mapping.from_grid(probs.cpu())

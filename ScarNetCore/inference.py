@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cascade import ScarNetCascade, locate_lv, segment_crops
+from .cascade import ScarNetCascade, locate_lv, refine_centre, segment_crops
 from .checkpoint import load_checkpoint
 from .errors import Cancelled, CheckpointError
 from .io import validate_image
@@ -25,7 +25,7 @@ from .labels import MYOCARDIUM, scar_mask
 from .postprocess import clean_labels
 from .preprocessing import PreprocessConfig, prepare_slices
 from .resources import default_model_path, default_model_sha256
-from .volume import join_slices, slice_axis, split_slices
+from .volume import cut_axis, join_slices, split_slices
 
 Progress = Callable[[int, int], None]
 
@@ -156,12 +156,10 @@ class Segmenter:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         array = sitk.GetArrayFromImage(image).astype(np.float32)
-        if image.GetDimension() == 2:
-            slices, spacing, axis = array[None], tuple(image.GetSpacing()[::-1]), None
+        axis = cut_axis(image)
+        if axis is None:
+            slices, spacing = array[None], tuple(image.GetSpacing()[::-1])
         else:
-            size_zyx = array.shape
-            # a single-slice 3-D image is cut across its length-1 axis
-            axis = size_zyx.index(1) if 1 in size_zyx else slice_axis(image)
             slices, spacing = split_slices(array, image, axis)
         total = len(slices)
         if progress:
@@ -210,11 +208,14 @@ class Segmenter:
         flags = ["lv_at_image_edge"] if location.at_edge else []
         todo = np.flatnonzero(location.slices)
         done = total - len(todo)
+        centre = location.centre
+        for _ in range(self.model.params.refine_passes):
+            self._check_cancel(cancel)
+            centre = refine_centre(self.model, slices[todo], spacing, centre, self.device, self._autocast, batch_size)
         for start in range(0, len(todo), batch_size):
             self._check_cancel(cancel)
             index = todo[start:start + batch_size]
-            out.put(index, segment_crops(self.model, slices[index], spacing, location.centre, self.device,
-                                         self._autocast))
+            out.put(index, segment_crops(self.model, slices[index], spacing, centre, self.device, self._autocast))
             if progress:
                 progress(done + start + len(index), total)
         if progress:

@@ -31,7 +31,10 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown preprocessing setting(s): {', '.join(sorted(unknown))}")
+        known = dict(data)
         if "percentiles" in known:
             known["percentiles"] = tuple(known["percentiles"])
         return cls(**known)

@@ -20,6 +20,15 @@ def slice_axis(image: sitk.Image) -> int:
     return image.GetDimension() - 1 - slice_index_axis(image.GetSpacing())
 
 
+def cut_axis(image: sitk.Image) -> int | None:
+    """Numpy axis the Segmenter cuts a 3-D image along: a length-1 axis (a single slice stored as
+    3-D), else the acquisition axis; None for a 2-D image (one slice)."""
+    if image.GetDimension() == 2:
+        return None
+    size_zyx = image.GetSize()[::-1]
+    return size_zyx.index(1) if 1 in size_zyx else slice_axis(image)
+
+
 def split_slices(array_zyx: np.ndarray, image: sitk.Image, axis: int):
     """Move `axis` to the front: returns ([N, h, w] slices, (row, column) spacing in mm).
 

@@ -28,11 +28,9 @@ def write_status(path: Path, **status) -> None:
 def slice_count(image) -> int:
     """Slices the Segmenter cuts `image` into: along the acquisition axis (volume.slice_axis), which need
     not be k; a single-slice volume (a length-1 axis) or a 2-D image is one slice."""
-    from .volume import slice_axis
-    if image.GetDimension() != 3:
-        return 1
-    size_zyx = image.GetSize()[::-1]
-    return 1 if 1 in size_zyx else int(size_zyx[slice_axis(image)])
+    from .volume import cut_axis
+    axis = cut_axis(image)
+    return 1 if axis is None else int(image.GetSize()[::-1][axis])
 
 
 def main(argv=None) -> int:

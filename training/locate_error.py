@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
 
 if __package__ in (None, ""):
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
     errors, dropped, extra = [], 0, 0
     for case in read_slice_cases(args.data, ids, in_plane, DEFAULT_THICKNESS_MM):
         slices = sitk.GetArrayFromImage(case.image).astype(np.float32)
-        location = locate_lv(cascade, slices, (in_plane, in_plane), "cpu", contextlib.nullcontext, 8)
+        with torch.inference_mode():
+            location = locate_lv(cascade, slices, (in_plane, in_plane), "cpu", contextlib.nullcontext, 8)
         ref = case.labels > 0
         if not location.found:
             print(f"{case.id}: no LV found")

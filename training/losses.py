@@ -30,6 +30,9 @@ class LossConfig:
     @classmethod
     def from_dict(cls, data: dict | None) -> "LossConfig":
         data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown loss setting(s): {', '.join(sorted(unknown))}")
         if data.get("class_weights") is not None:
             data["class_weights"] = tuple(float(w) for w in data["class_weights"])
         return cls(**data)

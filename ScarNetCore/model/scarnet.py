@@ -34,7 +34,10 @@ class ScarNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ScarNetConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown network setting(s): {', '.join(sorted(unknown))}")
+        known = dict(data)
         if "fusion_strides" in known:
             known["fusion_strides"] = tuple(known["fusion_strides"])
         return cls(**known)
