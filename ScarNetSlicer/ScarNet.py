@@ -428,6 +428,7 @@ class ScarNetTest(ScriptedLoadableModuleTest):
                 self.assertEqual(metrics[key], str(value), key)
             else:
                 self.assertAlmostEqual(metrics[key], float(value), places=6, msg=key)
+        self.assertEqual(logic.qcWarnings(segmentationNode), [])  # a clear LGE heart: nothing to flag
         self.assertGreater(metrics["scar_ml"], 0.0)  # the sample has an infarct
         self.assertGreater(metrics["myocardium_ml"], metrics["scar_ml"])
         self.delayDisplay("ScarNet self-test passed")

@@ -652,7 +652,9 @@ def test_bundled_model_on_sample(sampleImage):
     segmentationNode = logic.process(volume, settings=ScarNetSettings(device="cpu"))  # the bundled model
     assertScarNetSegments(segmentationNode)
     assertOnVolumeGrid(segmentationNode, volume)
-    assert logic.modelInfo(segmentationNode).get("name")
+    assert logic.modelInfo(segmentationNode).get("architecture") == "ScarNetCascade"  # model v2
+    assert segmentationNode.GetAttribute("ScarNet.QCFlags") == ""  # a clear LGE heart: nothing to flag
+    assert logic.qcWarnings(segmentationNode) == []
 
     table = logic.quantify(segmentationNode, volume).table
     metrics = logic.metricsFromTable(table)
