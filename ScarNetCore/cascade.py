@@ -23,6 +23,7 @@ from torch import nn
 
 from .model import ScarNet
 from .preprocessing import GridMapping, PreprocessConfig, normalize_intensity
+from .settings import settings_from_dict
 
 LOCATE, SEGMENT = "locate", "segment"
 
@@ -42,10 +43,7 @@ class StageGeometry:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StageGeometry":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown stage geometry setting(s): {', '.join(sorted(unknown))}")
-        return cls(float(data["spacing_mm"]), int(data["grid_size"]), tuple(data.get("percentiles", (0.5, 99.5))))
+        return settings_from_dict(cls, data, "stage geometry")
 
 
 LOCATE_GEOMETRY = StageGeometry(spacing_mm=4.0, grid_size=112)     # 448 mm: any cardiac field of view
@@ -67,11 +65,7 @@ class CascadeParams:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "CascadeParams":
-        data = data or {}
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown cascade setting(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "cascade")
 
 
 class ScarNetCascade(nn.Module):

@@ -218,7 +218,7 @@ class Segmenter:
             out.put(index, segment_crops(self.model, slices[index], spacing, centre, self.device, self._autocast))
             if progress:
                 progress(done + start + len(index), total)
-        if progress:
+        if progress and not len(todo):
             progress(total, total)
         if out.lv_pixels == 0:
             return ["no_lv_found"]

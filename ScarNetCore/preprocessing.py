@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .settings import settings_from_dict
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -31,13 +33,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown preprocessing setting(s): {', '.join(sorted(unknown))}")
-        known = dict(data)
-        if "percentiles" in known:
-            known["percentiles"] = tuple(known["percentiles"])
-        return cls(**known)
+        return settings_from_dict(cls, data, "preprocessing")
 
 
 def normalize_intensity(slice2d: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:

@@ -29,7 +29,7 @@ def v1_model_path() -> Path:
 def default_model_sha256() -> str | None:
     """The bundled model's published checksum (`sha256sum` format file beside it), if present."""
     path = default_model_path().with_suffix(".sha256")
-    return path.read_text().split()[0] if path.is_file() else None
+    return path.read_text(encoding="utf-8").split()[0] if path.is_file() else None
 
 
 def sample_volume_path() -> Path:

@@ -20,6 +20,15 @@ NEGATIVE_IMAGE = VOLUMES / "sampleNegative_image.nii.gz"
 needs_data = pytest.mark.skipif(not POSITIVE_IMAGE.exists(), reason=f"EMIDEC sample volumes not found at {VOLUMES}")
 
 
+@pytest.fixture(autouse=True)
+def _utf8_text_locale():
+    """slicer-core (VTK/Qt) sets the C locale when first imported; text I/O in later tests (and in
+    their subprocesses' output decoding) would then be ASCII. Restore the user's character type."""
+    import locale
+    yield
+    locale.setlocale(locale.LC_CTYPE, "")
+
+
 def _read(path: Path) -> sitk.Image:
     sitk.ProcessObject_SetGlobalWarningDisplay(False)  # "unexpected scales in sform" on every EMIDEC read
     return sitk.ReadImage(str(path))

@@ -14,6 +14,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from ScarNetCore.settings import settings_from_dict
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -41,11 +43,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "AugmentConfig":
-        data = data or {}
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown augmentation setting(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return settings_from_dict(cls, data, "augmentation")
 
 
 def _sampling_grid(shape, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray | None:

@@ -23,6 +23,7 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from ScarNetCore.cascade import StageGeometry, normalize_in_window
+from ScarNetCore.settings import settings_from_dict
 from .augment import AugmentConfig, augment_intensity
 
 
@@ -39,11 +40,7 @@ class ViewConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ViewConfig":
-        data = data or {}
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown view setting(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return settings_from_dict(cls, data, "view")
 
 
 class CaseSlices:

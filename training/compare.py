@@ -16,7 +16,7 @@ from training.plots import bland_altman_comparison
 
 
 def read_scar_percent(path: Path) -> dict[str, tuple[float, float]]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return {r["case"]: (float(r["pred_scar_percent"]), float(r["ref_scar_percent"])) for r in csv.DictReader(handle)}
 
 

@@ -80,7 +80,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         for item in overrides or []:  # section.key=value, value parsed as YAML
             key, _, value = item.partition("=")
             node = data

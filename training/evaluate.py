@@ -165,7 +165,7 @@ def read_volume_cases(root: Path, case_ids: list[str], label_map: dict | None = 
 def select_cases(available: list[str], split: Path | None, subset: str | None, cases: list[str] | None) -> list[str]:
     chosen = list(available)
     if split is not None:
-        groups = json.loads(Path(split).read_text())
+        groups = json.loads(Path(split).read_text(encoding="utf-8"))
         if subset not in groups or not isinstance(groups[subset], list):
             names = [k for k, v in groups.items() if isinstance(v, list)]
             raise ValueError(f"{split}: no subset {subset!r}; choose one of {', '.join(names)}")
@@ -273,14 +273,14 @@ def _json_safe(value):
 
 def write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False), encoding="utf-8")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     """NaN and inf are written as `nan` and `inf` (what Python, numpy and pandas read back)."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
     fmt = lambda v: f"{v:.10g}" if isinstance(v, float) and math.isfinite(v) else v
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows({k: fmt(v) for k, v in row.items()} for row in rows)

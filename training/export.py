@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--cascade", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model v2 settings, e.g. min_scar_ml=1.5 low_confidence=0.8")
     args = parser.parse_args(argv)
-    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+    metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else None
     cascade = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.cascade)}
     digest = export(args.source, args.target, args.name, args.version, args.licence, metrics, args.locate, cascade)
     print(f"{args.target}: {args.target.stat().st_size / 1e6:.1f} MB, sha256 {digest}")

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ScarNetCore.settings import settings_from_dict
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -29,13 +31,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "LossConfig":
-        data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown loss setting(s): {', '.join(sorted(unknown))}")
-        if data.get("class_weights") is not None:
-            data["class_weights"] = tuple(float(w) for w in data["class_weights"])
-        return cls(**data)
+        return settings_from_dict(cls, data, "loss")
 
 
 def _overlap_sums(logits: torch.Tensor, target: torch.Tensor):

@@ -331,11 +331,11 @@ def run(cfg: TrainConfig, log=print) -> Path:
                 save_checkpoint(out / "best.safetensors", model, preprocessing,
                                 metrics={"validation": {**metrics, "epoch": epoch + 1}}, **meta)
             save_checkpoint(out / "last.safetensors", model, preprocessing, **meta)
+            _write_log(log_path, history)  # before the state: a run killed once the state exists has its log
             with atomic_path(state_path) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                             "epoch": epoch, "best_score": best_score, "history": history}, tmp)
-            _write_log(log_path, history)
             if writer is not None:
                 for k, v in row.items():
                     if k != "epoch":

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("per_case", type=Path)
     parser.add_argument("--candidates", default="0,0.25,0.5,0.75,1,1.5,2,3,4,5")
     args = parser.parse_args(argv)
-    rows = list(csv.DictReader(open(args.per_case, newline="")))
+    rows = list(csv.DictReader(open(args.per_case, newline="", encoding="utf-8")))
     best = None
     for t in (float(x) for x in args.candidates.split(",")):
         scores = []

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..labels import NUM_CLASSES
+from ..settings import settings_from_dict
 from .blocks import ConvBlock
 from .decoder import DecoderBlock
 from .encoders import build_encoder
@@ -34,13 +35,7 @@ class ScarNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ScarNetConfig":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown network setting(s): {', '.join(sorted(unknown))}")
-        known = dict(data)
-        if "fusion_strides" in known:
-            known["fusion_strides"] = tuple(known["fusion_strides"])
-        return cls(**known)
+        return settings_from_dict(cls, data, "network")
 
 
 NO_ENCODER = "none"
