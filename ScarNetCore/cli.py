@@ -51,7 +51,7 @@ def _planned(path: str, overlay: bool, dicom_seg: bool) -> tuple[str, ...]:
 
 def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwrite: bool = False,
                 insertion_point=None, overlay: bool = False, pixel_spacing: float | None = None,
-                force: bool = False, dicom_seg: bool = False) -> dict:
+                force: bool = False, dicom_seg: bool = False, series: str | None = None) -> dict:
     """Segment one input and write its study files; returns {kind: path} and its metrics, warnings, qc_flags."""
     from . import outputs
     from .io import check_not_label_map, input_files, input_stem, read_image
@@ -60,7 +60,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
     name = input_stem(path)
     outputs.refuse_overwrite(out_dir, name, overwrite)
     started = outputs.now()
-    image = read_image(path)
+    image = read_image(path, series)
     if not force:  # --force: the user says this few-valued image is an image
         check_not_label_map(image)
     notes = []
@@ -74,7 +74,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
     dicom_files = None
     if dicom_seg:
         if Path(path).is_dir():
-            dicom_files = input_files(path)
+            dicom_files = input_files(path, series)
         else:
             notes.append("no DICOM SEG written: --dicom-seg needs a DICOM series folder as input")
     bar = _ProgressBar(name)
@@ -84,8 +84,8 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
         bar.close()
     report = quantify(result.labels, image=image, insertion_point=insertion_point)
     options = {"batch_size": batch_size, "insertion_point": insertion_point, "overlay": overlay,
-               "pixel_spacing": pixel_spacing, "force": force, "dicom_seg": dicom_seg}
-    record = outputs.run_record(input_files(path), options, started, segmenter, result, notes + report.warnings)
+               "pixel_spacing": pixel_spacing, "force": force, "dicom_seg": dicom_seg, "series": series}
+    record = outputs.run_record(input_files(path, series), options, started, segmenter, result, notes + report.warnings)
     written = outputs.write_study(out_dir, name, report, record, labels=result.labels, qc_flags=result.qc_flags,
                                   overlay_image=image if overlay else None, dicom_files=dicom_files)
     written["metrics"] = report.global_metrics
@@ -124,7 +124,8 @@ def cmd_segment(args) -> int:
             # --resume redoes a study it cannot prove complete, replacing its partial files
             written = segment_one(segmenter, path, out_dir, args.batch_size, args.overwrite or args.resume,
                                   tuple(args.insertion_point) if args.insertion_point else None, args.overlay,
-                                  args.pixel_spacing, force=args.force, dicom_seg=args.dicom_seg)
+                                  args.pixel_spacing, force=args.force, dicom_seg=args.dicom_seg,
+                                  series=args.series)
         except Exception as exc:  # one study's failure is reported and recorded; the cohort goes on
             failures += 1
             reason = str(exc) if isinstance(exc, ScarNetError) else f"{type(exc).__name__}: {exc}"
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--part", type=int, metavar="K", help="with --parts N: segment every N-th input, from "
                      "the K-th (0-based); the rows go to OUTDIR/cohort.part-K-of-N.csv")
     seg.add_argument("--parts", type=int, metavar="N", help="split the inputs into N parts (machines, SLURM array)")
+    seg.add_argument("--series", metavar="UID",
+                     help="for a DICOM folder holding several series: the SeriesInstanceUID to segment")
     seg.add_argument("--force", action="store_true",
                      help="segment an input even though it looks like a label map (few integer values)")
     seg.set_defaults(func=cmd_segment)

@@ -65,13 +65,14 @@ def input_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a NIfTI/NRRD/MHA/PNG file or a DICOM series folder; raise InputError with a clear reason."""
+def read_image(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read a NIfTI/NRRD/MHA/PNG file or a DICOM series folder (`series`: the SeriesInstanceUID to read
+    when the folder holds several); raise InputError with a clear reason."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        return _read_dicom_folder(path)
+        return _read_dicom_folder(path, series)
     # ITK reads a cut-off stream without complaint (zeros fill the rest) and turns NaN in NIfTI into 0
     check_file_complete(path)
     try:
@@ -81,9 +82,9 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
                          f"give a NIfTI, NRRD, MHA file or a DICOM folder") from exc
 
 
-def _read_dicom_folder(path: Path) -> sitk.Image:
+def _read_dicom_folder(path: Path, series: str | None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in dicom_series_files(path)])
+    reader.SetFileNames([str(f) for f in dicom_series_files(path, series)])
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -91,8 +92,9 @@ def _read_dicom_folder(path: Path) -> sitk.Image:
                          "or export it uncompressed from the scanner/PACS") from exc
 
 
-def dicom_series_files(path: str | os.PathLike) -> list[Path]:
-    """The files of the one DICOM series in a folder, in slice order (the image's k axis).
+def dicom_series_files(path: str | os.PathLike, series_uid: str | None = None) -> list[Path]:
+    """The files of one DICOM series in a folder, in slice order (the image's k axis): the only one,
+    or `series_uid`. Series are never mixed.
 
     The reader, the run record's checksums and the DICOM SEG's source references all use this list.
     """
@@ -110,15 +112,33 @@ def dicom_series_files(path: str | os.PathLike) -> list[Path]:
                          "copy the series again from the scanner/PACS, or move that file out of the folder")
     if not series:
         raise InputError(f"{path}: folder holds no DICOM series; give a DICOM series folder or an image file")
-    if len(series) > 1:
-        raise InputError(f"{path}: folder holds {len(series)} DICOM series; put the LGE short-axis series in a folder of its own")
-    return [Path(f) for f in files[series[0]]]
+    if series_uid is not None and series_uid not in files:
+        raise InputError(f"{path}: holds no DICOM series {series_uid}; it holds {_describe_series(files)}")
+    if series_uid is None and len(series) > 1:
+        raise InputError(f"{path}: folder holds {len(series)} DICOM series: {_describe_series(files)}; "
+                         "pick the LGE short-axis one with --series UID")
+    return [Path(f) for f in files[series_uid or series[0]]]
 
 
-def input_files(path: str | os.PathLike) -> list[Path]:
+def _describe_series(files: dict[str, tuple]) -> str:
+    """UID, description and slice count of each series, from the first file's header."""
+    parts = []
+    for uid, names in files.items():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(names[0])
+        try:
+            reader.ReadImageInformation()
+            description = reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+        except RuntimeError:
+            description = ""
+        parts.append(f"{uid} ({description or 'no description'}, {len(names)} file(s))")
+    return "; ".join(parts)
+
+
+def input_files(path: str | os.PathLike, series: str | None = None) -> list[Path]:
     """Every file an input consists of: the file itself, or each file of a DICOM series folder."""
     path = Path(path)
-    return dicom_series_files(path) if path.is_dir() else [path]
+    return dicom_series_files(path, series) if path.is_dir() else [path]
 
 
 def _looks_like_dicom(path: Path) -> bool:

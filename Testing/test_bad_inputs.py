@@ -61,21 +61,25 @@ def _with_nonfinite(value) -> sitk.Image:
     return sitk.GetImageFromArray(array)
 
 
-def _dicom_series(folder: Path, slices: int = 3) -> Path:
-    folder.mkdir()
+def _dicom_series(folder: Path, slices: int = 3, uid: str = "1.2.826.0.1.3680043.2.1125.7.1",
+                  description: str = "LGE SAX", prefix: str = "IM") -> Path:
+    folder.mkdir(exist_ok=True)
     array = _image(shape=(slices, 24, 24))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()  # one series: the same UIDs in every file
     for k in range(slices):
         image = array[:, :, k]
-        for tag, value in (("0020|000d", "1.2.826.0.1.3680043.2.1125.7"),
-                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.7.1"),
+        for tag, value in (("0020|000d", "1.2.826.0.1.3680043.2.1125.7"), ("0020|000e", uid),
+                           ("0008|103e", description),
                            ("0020|0013", str(k + 1)), ("0020|0032", f"0\\0\\{8 * k}"),
                            ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0008|0060", "MR")):
             image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
+        writer.SetFileName(str(folder / f"{prefix}{k:04d}.dcm"))
         writer.Execute(image)
     return folder
+
+
+CINE_UID = "1.2.826.0.1.3680043.2.1125.7.2"
 
 
 # Each row: a file (or folder) made in `folder` and phrases its error line must contain.
@@ -155,7 +159,13 @@ def truncated_slice_in_dicom_series(folder):
     return series, ["IM0001.dcm", "not a readable DICOM file"]
 
 
-ROWS = [truncated_nii_gz, corrupt_gzip_crc, truncated_nii, nan_nifti, inf_nrrd, truncated_gzip_nrrd,
+def two_dicom_series_in_one_folder(folder):
+    both = _dicom_series(folder / "dicom_two_series")
+    _dicom_series(both, slices=2, uid=CINE_UID, description="CINE SAX", prefix="CI")
+    return both, ["2 DICOM series", CINE_UID, "CINE SAX", "2 file(s)", "LGE SAX", "3 file(s)", "--series UID"]
+
+
+ROWS = [two_dicom_series_in_one_folder, truncated_nii_gz, corrupt_gzip_crc, truncated_nii, nan_nifti, inf_nrrd, truncated_gzip_nrrd,
         truncated_raw_nrrd, nrrd_missing_data_file, truncated_mha, truncated_raw_mha, mhd_missing_raw,
         label_map_as_image, garbage_dicom_in_folder, truncated_slice_in_dicom_series]
 
@@ -390,3 +400,12 @@ def test_hand_written_nrrd_headers(tmp_path):
     (tmp_path / "odd.nrrd").write_bytes(f"{head}encoding: raw\nbyte skip: many\n\n".encode() + voxels.tobytes())
     with pytest.raises(InputError, match="not a readable image"):
         read_image(tmp_path / "odd.nrrd")
+
+
+def test_series_option_picks_one_series_and_never_mixes_them(tmp_path):
+    from ScarNetCore.io import read_image
+    both = two_dicom_series_in_one_folder(tmp_path)[0]
+    assert read_image(both, CINE_UID).GetSize()[2] == 2
+    assert read_image(both, "1.2.826.0.1.3680043.2.1125.7.1").GetSize()[2] == 3
+    with pytest.raises(InputError, match="holds no DICOM series 9.9.9"):
+        read_image(both, "9.9.9")
