@@ -9,6 +9,10 @@ class InputError(ScarNetError):
     """The input image cannot be segmented as given."""
 
 
+class OutputError(ScarNetError):
+    """An output could not be written (full disk, read-only folder); nothing of that study is kept."""
+
+
 class CheckpointError(ScarNetError):
     """A model file is missing, corrupt, not a ScarNet checkpoint or does not match the network."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from . import __version__
-from .errors import InputError, ScarNetError
+from .errors import InputError, OutputError, ScarNetError
 from .io import atomic_path, sha256_of, write_image_atomic
 from .quantify.bullseye import bullseye_figure
 from .quantify.classical import METHOD_NAMES
@@ -62,8 +62,21 @@ def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, reco
                 labels: sitk.Image | None = None, qc_flags=(), overlay_image: sitk.Image | None = None,
                 dicom_files: list[Path] | None = None) -> dict[str, Path]:
     """Write one study's files; returns {kind: path}. The labels come first and the run record last,
-    so each file is complete or absent and a present record means the study is complete."""
+    so each file is complete or absent and a present record means the study is complete. If a write
+    fails (full disk, read-only folder), the files this call made are removed: no partial study."""
     paths = study_paths(out_dir, name)
+    before = {kind for kind, path in paths.items() if path.exists()}
+    try:
+        return _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay_image, dicom_files)
+    except OSError as exc:
+        for kind, path in paths.items():
+            if kind not in before:
+                path.unlink(missing_ok=True)
+        raise OutputError(f"{out_dir}: cannot write the results of {name} ({exc.strerror or exc}); free disk "
+                          "space or choose a writable -o folder, then run again (nothing of this study was kept)") from exc
+
+
+def _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay_image, dicom_files) -> dict:
     written = {}
     if labels is not None:
         written["labels"] = write_image_atomic(labels, paths["labels"])

@@ -207,3 +207,32 @@ def test_dicom_seg_needs_a_dicom_input(tmp_path, model_path, positive_slab, caps
     assert segment(tmp_path / "case.nii.gz", "-o", tmp_path / "out", "--model", model_path, "--dicom-seg") == 0
     assert not list((tmp_path / "out").glob("*.dcm"))
     assert "--dicom-seg needs a DICOM series folder" in capsys.readouterr().out
+
+
+def test_a_failed_write_leaves_no_partial_study_and_links_are_not_followed(tmp_path, model_path, positive_slab,
+                                                                           monkeypatch, capsys):
+    """A full disk while a study is written: one-line error, none of that study's files kept, and a
+    rerun then succeeds. A link planted in the output folder is replaced, never written through."""
+    import errno
+
+    from ScarNetCore import outputs
+    source = tmp_path / "lge.nii.gz"
+    sitk.WriteImage(positive_slab, str(source))
+    out = tmp_path / "out"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(outputs, "bullseye_figure", disk_full)  # after the labels and three CSVs are written
+    assert main(["segment", str(source), "-o", str(out), "--model", str(model_path), *COMMON]) == 1
+    err = capsys.readouterr().err
+    line = next(l for l in err.splitlines() if "No space left on device" in l)
+    assert "free disk space" in line and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv"]
+    monkeypatch.undo()
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("user's file\n", encoding="utf-8")
+    (out / "lge_scar.csv").symlink_to(outside)
+    assert main(["segment", str(source), "-o", str(out), "--model", str(model_path), "--overwrite", *COMMON]) == 0
+    assert outside.read_text(encoding="utf-8") == "user's file\n"
+    assert not (out / "lge_scar.csv").is_symlink() and read_csv(out / "lge_scar.csv")
