@@ -14,7 +14,7 @@ GridMapping's exact inverse, as in v1.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -37,6 +37,11 @@ class StageGeometry:
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(grid_size=self.grid_size, target_spacing_mm=self.spacing_mm,
                                 percentiles=self.percentiles)
+
+    @classmethod
+    def of(cls, preprocessing: PreprocessConfig) -> "StageGeometry":
+        """The stage geometry a stage checkpoint's preprocessing records (inverse of preprocess())."""
+        return cls(preprocessing.target_spacing_mm, preprocessing.grid_size, preprocessing.percentiles)
 
     def to_dict(self) -> dict:
         return {"spacing_mm": self.spacing_mm, "grid_size": self.grid_size, "percentiles": list(self.percentiles)}
@@ -100,7 +105,6 @@ class LVLocation:
     centre: tuple[float, float] | None = None     # native pixels (row, column), shared by all slices
     slices: np.ndarray | None = None              # bool [N]: slices that get stage-2 work
     at_edge: bool = False                         # the LV touches the image border: part may be cut off
-    lv_probability: np.ndarray | None = field(default=None, repr=False)
 
 
 def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params: CascadeParams) -> LVLocation:
@@ -109,17 +113,17 @@ def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params:
     mask = lv_probability > params.lv_threshold
     components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     if count == 0:
-        return LVLocation(False, lv_probability=lv_probability)
+        return LVLocation(False)
     mass = ndimage.sum(lv_probability, components, index=np.arange(1, count + 1))
     lv = components == int(np.argmax(mass)) + 1
     area_mm2 = lv.sum(axis=(1, 2)) * pixel_mm2
     if area_mm2.max() < params.min_stack_lv_mm2:
-        return LVLocation(False, lv_probability=lv_probability)
+        return LVLocation(False)
     rows, cols = np.nonzero(lv.any(0))
     h, w = lv.shape[1:]
     at_edge = bool(rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or cols.max() == w - 1)
     centre = tuple(float(c) for c in ndimage.center_of_mass(lv.any(0)))
-    return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, at_edge, lv_probability)
+    return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, at_edge)
 
 
 def _flip_tta(net: ScarNet, batch: torch.Tensor, enabled: bool) -> torch.Tensor:

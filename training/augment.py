@@ -118,6 +118,13 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: 
     return augment_intensity(image, rng, cfg), mask
 
 
+def grid_sample_grid(coords: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Source pixel coordinates [2, H, W] (row, column) of an image of height × width → the [1, H, W, 2]
+    grid of torch's grid_sample (align_corners=False: −1 and 1 are the outer pixel edges)."""
+    grid = np.stack([(coords[1] + 0.5) / width * 2 - 1, (coords[0] + 0.5) / height * 2 - 1], -1)
+    return torch.from_numpy(grid.astype(np.float32))[None]
+
+
 def warp_features(features: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Resample an encoder feature map [C, h, w] with the sampling map `coords` [2, H, W] of its image.
 
@@ -128,12 +135,10 @@ def warp_features(features: np.ndarray, coords: np.ndarray) -> np.ndarray:
     sy, sx = coords.shape[1] / h, coords.shape[2] / w
     centres = np.stack(np.meshgrid((np.arange(h) + 0.5) * sy - 0.5, (np.arange(w) + 0.5) * sx - 0.5, indexing="ij"))
     source = np.stack([ndimage.map_coordinates(coords[a], centres, order=1, mode="nearest") for a in range(2)])
-    # image pixel → grid_sample's [-1, 1] (align_corners=False: −1 and 1 are the outer edges)
-    grid = np.stack([(source[1] + 0.5) / coords.shape[2] * 2 - 1, (source[0] + 0.5) / coords.shape[1] * 2 - 1], -1)
     # torch's bilinear sampler: one vectorised call for all channels (a TinyViT map is 256 × 64 × 64);
     # border padding: beyond the field of view the encoder saw background, not zeros
     warped = F.grid_sample(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None],
-                           torch.from_numpy(grid.astype(np.float32))[None], mode="bilinear",
+                           grid_sample_grid(source, *coords.shape[1:]), mode="bilinear",
                            padding_mode="border", align_corners=False)
     return warped[0].numpy()
 

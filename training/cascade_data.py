@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from ScarNetCore.cascade import StageGeometry, normalize_in_window
 from ScarNetCore.settings import settings_from_dict
-from .augment import AugmentConfig, augment_intensity
+from .augment import AugmentConfig, augment_intensity, grid_sample_grid
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ def synthetic_negative(shape, rng: np.random.Generator) -> np.ndarray:
 def _sample(image: np.ndarray, mask: np.ndarray, coords: np.ndarray):
     """Bilinear image, nearest mask and in-image indicator at source pixel coords [2, H, W]."""
     h, w = image.shape
-    grid = np.stack([(coords[1] + 0.5) / w * 2 - 1, (coords[0] + 0.5) / h * 2 - 1], -1)
-    grid = torch.from_numpy(grid.astype(np.float32))[None]
+    grid = grid_sample_grid(coords, h, w)
     src = torch.from_numpy(np.stack([image, mask.astype(np.float32)]))[:, None]
     img = F.grid_sample(src[:1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
     msk = F.grid_sample(src[1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]

@@ -24,11 +24,6 @@ from ScarNetCore.io import atomic_path, sha256_of
 from ScarNetCore.preprocessing import PreprocessConfig
 
 
-def stage_geometry(meta: dict) -> StageGeometry:
-    p = PreprocessConfig.from_dict(meta["preprocessing"])
-    return StageGeometry(p.target_spacing_mm, p.grid_size, p.percentiles)
-
-
 def export(source: Path, target: Path, name: str, version: str, licence: str, metrics: dict | None,
            locate: Path | None = None, cascade: dict | None = None) -> str:
     model, meta = load_checkpoint(source)
@@ -42,7 +37,8 @@ def export(source: Path, target: Path, name: str, version: str, licence: str, me
                         metrics=all_metrics, **release)
     else:
         locator, locate_meta = load_checkpoint(locate)
-        both = ScarNetCascade(locator, model, stage_geometry(locate_meta), stage_geometry(meta),
+        geometry = [StageGeometry.of(PreprocessConfig.from_dict(m["preprocessing"])) for m in (locate_meta, meta)]
+        both = ScarNetCascade(locator, model, *geometry,
                               CascadeParams.from_dict(cascade))
         all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
         release["locate_training_config"] = locate_meta.get("training_config")

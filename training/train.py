@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -203,7 +204,7 @@ def run(cfg: TrainConfig, log=print) -> Path:
     if stage != "full":
         geometry = STAGE_GEOMETRY[stage]
         if grid != geometry.grid_size:
-            geometry = type(geometry)(geometry.spacing_mm, grid, geometry.percentiles)
+            geometry = dataclasses.replace(geometry, grid_size=grid)
         preprocessing = geometry.preprocess()  # recorded in the stage checkpoint
     state_path = out / STATE_FILE
     if mc.init_checkpoint and not state_path.is_file():  # a resumed run continues from its own state instead
@@ -217,15 +218,15 @@ def run(cfg: TrainConfig, log=print) -> Path:
     aug_cfg = AugmentConfig.from_dict(cfg.augment)
     use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0 and model.encoder is not None \
         and stage != LOCATE
+    source_spacing = PreprocessConfig().target_spacing_mm  # the reader's grid, from which stage views are drawn
     if stage == SEGMENT and use_cache:
         # the hybrid on CPU: cache the encoder's view of each LV crop, augment views as in the full recipe
-        spacing = PreprocessConfig().target_spacing_mm
-        train_samples, val_samples = (lv_crops(s, geometry, spacing) for s in (train_samples, val_samples))
+        train_samples, val_samples = (lv_crops(s, geometry, source_spacing) for s in (train_samples, val_samples))
     if stage != "full" and not use_cache:
-        spacing = PreprocessConfig().target_spacing_mm
         views = ViewConfig.from_dict(cfg.views)
-        train_set = StageViews(train_samples, stage, geometry, spacing, cfg.optim.seed, views, aug_cfg)
-        val_set = StageViews(val_samples, stage, geometry, spacing, cfg.optim.seed, views, aug_cfg, train=False)
+        train_set = StageViews(train_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg)
+        val_set = StageViews(val_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg,
+                             train=False)
     elif use_cache:
         cache_root = out / "feature_cache"
         if main:
