@@ -87,7 +87,8 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
                "pixel_spacing": pixel_spacing, "force": force, "dicom_seg": dicom_seg, "series": series}
     record = outputs.run_record(input_files(path, series), options, started, segmenter, result, notes + report.warnings)
     written = outputs.write_study(out_dir, name, report, record, labels=result.labels, qc_flags=result.qc_flags,
-                                  overlay_image=image if overlay else None, dicom_files=dicom_files)
+                                  overlay_image=image if overlay else None, dicom_files=dicom_files,
+                                  overwrite=overwrite)
     written["metrics"] = report.global_metrics
     written["summary_row"] = outputs.summary_row(report, result.qc_flags)
     written["warnings"] = record["warnings"]
@@ -109,6 +110,7 @@ def cmd_segment(args) -> int:
         part = (args.part, args.parts)
         inputs = inputs[args.part::args.parts]  # every N-th study, as nnU-Net's -part_id/-num_parts
     segmenter = Segmenter(args.model, device=args.device, precision=args.precision)
+    outputs.check_writable(args.output)  # before minutes of work, not after (a bad model leaves no folder)
     print(f"model: {segmenter.model_info.get('name')} on {segmenter.device}", file=sys.stderr)
     out_dir = Path(args.output)
     cohort = outputs.CohortTable(out_dir, part)
@@ -176,7 +178,7 @@ def cmd_quantify(args) -> int:
     options = {"density_g_per_ml": args.density, "insertion_point": insertion, "classical": args.classical}
     files = [f for f in (args.labels, args.image, args.remote) if f]
     record = outputs.run_record(files, options, started, warnings=result.warnings)
-    written = outputs.write_study(out_dir, name, result, record)
+    written = outputs.write_study(out_dir, name, result, record, overwrite=args.overwrite)
     print(outputs.bullseye_title(result, name))
     g = result.global_metrics
     if g.get("myocardium_ml") is not None:

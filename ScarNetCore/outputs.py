@@ -4,10 +4,12 @@
 `write_study`, so one study's files are named the same way whoever made them (OUT/<name><suffix>, see
 SUFFIXES). Every file is written atomically (io.atomic_path) and the run record last: a study whose
 run record lists files that all exist is complete (`scarnet segment --resume` relies on that).
-A cohort run also keeps one table, OUT/cohort.csv (CohortTable).
+A cohort run also keeps one table, OUT/cohort.csv (CohortTable). Processes writing into one folder
+take turns (folder_lock), so two runs never mix their files or lose each other's cohort rows.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import functools
@@ -17,6 +19,7 @@ import os
 from pathlib import Path
 
 import SimpleITK as sitk
+from filelock import FileLock, Timeout
 
 from . import __version__
 from .errors import InputError, OutputError, ScarNetError
@@ -40,6 +43,8 @@ SUFFIXES = {
 }
 COHORT = "cohort.csv"
 COHORT_COLUMNS = ("input", "status", "error")
+LOCK = ".scarnet.lock"          # hidden; filelock leaves the (empty) file in place on POSIX
+LOCK_WAIT_S = 600.0             # writing one study takes seconds: a longer hold means a stuck process
 
 
 def study_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
@@ -60,20 +65,60 @@ def refuse_overwrite(out_dir: str | os.PathLike, name: str, overwrite: bool) -> 
 # ---------------------------------------------------------------------------------- writing
 def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, record: dict,
                 labels: sitk.Image | None = None, qc_flags=(), overlay_image: sitk.Image | None = None,
-                dicom_files: list[Path] | None = None) -> dict[str, Path]:
+                dicom_files: list[Path] | None = None, overwrite: bool = False) -> dict[str, Path]:
     """Write one study's files; returns {kind: path}. The labels come first and the run record last,
     so each file is complete or absent and a present record means the study is complete. If a write
-    fails (full disk, read-only folder), the files this call made are removed: no partial study."""
+    fails (full disk, read-only folder), the files this call made are removed: no partial study.
+
+    The overwrite guard is checked again under the folder lock: another process may have written
+    this study since the caller's early check."""
     paths = study_paths(out_dir, name)
-    before = {kind for kind, path in paths.items() if path.exists()}
     try:
-        return _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay_image, dicom_files)
+        with folder_lock(out_dir):
+            refuse_overwrite(out_dir, name, overwrite)
+            before = {kind for kind, path in paths.items() if path.exists()}
+            try:
+                return _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay_image, dicom_files)
+            except OSError:
+                for kind, path in paths.items():
+                    if kind not in before:
+                        path.unlink(missing_ok=True)
+                raise
     except OSError as exc:
-        for kind, path in paths.items():
-            if kind not in before:
-                path.unlink(missing_ok=True)
         raise OutputError(f"{out_dir}: cannot write the results of {name} ({exc.strerror or exc}); free disk "
                           "space or choose a writable -o folder, then run again (nothing of this study was kept)") from exc
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: str | os.PathLike, wait_s: float = LOCK_WAIT_S):
+    """Hold the output folder while files in it are checked and written. Two `scarnet segment` runs, or
+    the Slicer module and a command line, writing into one folder take turns: a study's files never
+    mix two runs and no cohort row is lost. Raises OSError where the folder cannot be written."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    if path.is_symlink():  # a planted link: our file name, replaced, never followed
+        path.unlink()
+    lock = FileLock(path, timeout=wait_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError(f"{folder}: another ScarNet process has been writing here for {wait_s:.0f} s; wait for "
+                          "it to finish or choose another -o folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_writable(out_dir: str | os.PathLike) -> None:
+    """Stop before any work when the output folder cannot be written (read-only, no permission)."""
+    try:
+        with folder_lock(out_dir):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write into this folder ({exc.strerror or exc}); choose a writable "
+                          "-o folder") from exc
 
 
 def _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay_image, dicom_files) -> dict:
@@ -229,16 +274,24 @@ class CohortTable:
     """One row per input: input, status (ok/failed), error, the summary numbers, qc_flags.
 
     The whole table is rewritten atomically after each study, so a killed run leaves a complete table
-    of the studies finished so far. Rows of inputs from earlier runs into the folder are kept; a
-    study run again replaces its row.
+    of the studies finished so far. Rows of inputs from earlier runs into the folder, or from another
+    process writing into it at the same time, are kept; a study run again replaces its row.
     """
 
     def __init__(self, out_dir: str | os.PathLike, part: tuple[int, int] | None = None):
         self.path = Path(out_dir) / cohort_name(part)
-        self.rows = {row["input"]: row for row in read_csv(self.path)} if self.path.is_file() else {}
+        self.rows: dict[str, dict] = {}   # the table as last written by add()
 
     def add(self, input_path, status: str, error: str = "", summary: dict | None = None) -> None:
-        self.rows[str(input_path)] = {"input": str(input_path), "status": status, "error": error, **(summary or {})}
-        numbers = [k for k in dict.fromkeys(k for row in self.rows.values() for k in row)
-                   if k not in COHORT_COLUMNS and k != "qc_flags"]
-        write_csv(list(self.rows.values()), self.path, [*COHORT_COLUMNS, *numbers, "qc_flags"])
+        row = {"input": str(input_path), "status": status, "error": error, **(summary or {})}
+        try:
+            with folder_lock(self.path.parent):
+                # read again under the lock: another process may have added rows since
+                self.rows = {r["input"]: r for r in read_csv(self.path)} if self.path.is_file() else {}
+                self.rows[row["input"]] = row
+                numbers = [k for k in dict.fromkeys(k for r in self.rows.values() for k in r)
+                           if k not in COHORT_COLUMNS and k != "qc_flags"]
+                write_csv(list(self.rows.values()), self.path, [*COHORT_COLUMNS, *numbers, "qc_flags"])
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot update the cohort table ({exc.strerror or exc}); free disk "
+                              "space or choose a writable -o folder") from exc

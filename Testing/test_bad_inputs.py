@@ -4,6 +4,8 @@ ITK reads a cut-off compressed stream without complaint (zeros fill the rest) an
 NIfTI into 0, so these rows would otherwise be segmented silently. The CLI rows run in one
 `scarnet segment` call (one model load, no segmentation); one more call shows --force and a good
 input after a bad one. Model-file fuzzing rows go through ScarNetCore.checkpoint directly.
+Output faults (full disk, read-only folder, two processes on one folder, planted links) are in
+test_outputs.py, which runs real tmpfs mounts and real concurrent processes.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from ScarNetCore.checkpoint import FORMAT, load_checkpoint, read_metadata
 from ScarNetCore.cli import main
 from ScarNetCore.errors import CheckpointError, InputError
 from ScarNetCore.io import check_not_label_map, read_image, validate_image
+from ScarNetCore.outputs import LOCK
 
 COMMON = ["--device", "cpu", "--precision", "fp32"]
 NAN_AT = (1, 2, 3)  # numpy (z, y, x) of the bad voxel; messages give ITK's (x, y, z) = (3, 2, 1)
@@ -197,7 +200,7 @@ def test_every_bad_input_failed_and_the_run_says_so(bad_run):
     assert "Traceback" not in err
     assert f"{len(rows)} of {len(rows)} input(s) failed" in err
     # no file for any bad input: only the cohort table, every row failed with its reason
-    assert [p.name for p in out.iterdir()] == ["cohort.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK, "cohort.csv"]
     with open(out / "cohort.csv", newline="", encoding="utf-8") as handle:
         table = {row["input"]: row for row in csv.DictReader(handle)}
     for path, phrases in rows.values():

@@ -9,7 +9,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from ScarNetCore import __version__
 from ScarNetCore.cli import main
 from ScarNetCore.io import sha256_of
 from ScarNetCore.labels import TERMINOLOGY
-from ScarNetCore.outputs import SUFFIXES, read_csv
+from ScarNetCore.outputs import LOCK, SUFFIXES, read_csv
 
 COMMON = ["--device", "cpu", "--precision", "fp32"]
 
@@ -227,7 +230,7 @@ def test_a_failed_write_leaves_no_partial_study_and_links_are_not_followed(tmp_p
     err = capsys.readouterr().err
     line = next(l for l in err.splitlines() if "No space left on device" in l)
     assert "free disk space" in line and "Traceback" not in err
-    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK, "cohort.csv"]
     monkeypatch.undo()
 
     outside = tmp_path / "outside.txt"
@@ -236,3 +239,68 @@ def test_a_failed_write_leaves_no_partial_study_and_links_are_not_followed(tmp_p
     assert main(["segment", str(source), "-o", str(out), "--model", str(model_path), "--overwrite", *COMMON]) == 0
     assert outside.read_text(encoding="utf-8") == "user's file\n"
     assert not (out / "lge_scar.csv").is_symlink() and read_csv(out / "lge_scar.csv")
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "ScarNetCore.cli", "segment", *[str(a) for a in args], *COMMON]
+
+
+def test_two_processes_on_one_folder_take_turns(tmp_path, model_path, positive_slab, negative_slab):
+    """Two `scarnet segment` runs started together into one folder, both writing a study named lge:
+    both pass the early overwrite check, so only the check under the folder lock keeps the study's
+    files from mixing two runs. Exactly one run writes it, the other is refused, and the cohort table
+    keeps both rows (no last-writer-wins)."""
+    sources = []
+    for folder, image in (("a", positive_slab), ("b", negative_slab)):
+        (tmp_path / folder).mkdir()
+        sitk.WriteImage(image, str(tmp_path / folder / "lge.nii.gz"))
+        sources.append(tmp_path / folder / "lge.nii.gz")
+    out = tmp_path / "out"
+    runs = [subprocess.Popen(_cli(source, "-o", out, "--model", model_path), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for source in sources]
+    codes = [run.wait(timeout=300) for run in runs]
+    errors = [run.stderr.read() for run in runs]
+    assert sorted(codes) == [0, 1], errors
+    loser = errors[codes.index(1)]
+    assert "already exists" in loser and "Traceback" not in loser
+    winner = sources[codes.index(0)]
+    record = json.loads((out / "lge_run.json").read_text(encoding="utf-8"))
+    assert record["inputs"][0]["path"] == str(winner)
+    assert all((out / name).is_file() for name in record["outputs"])
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lge_seg.nii.gz")))
+    assert labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(winner))).shape
+    rows = {r["input"]: r["status"] for r in read_csv(out / "cohort.csv")}
+    assert rows == {str(winner): "ok", str(sources[codes.index(1)]): "failed"}
+
+
+def _namespace_available() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs none /mnt"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _namespace_available(),
+                    reason="needs user and mount namespaces (unshare -rm) to mount a real read-only or full folder")
+@pytest.mark.parametrize("mount_options, status, message", [
+    ("ro", 2, "cannot write into this folder (Read-only file system); choose a writable -o folder"),
+    ("size=24k", 1, "No space left on device"),   # room for the lock and cohort table, not the labels
+])
+def test_read_only_and_full_folders_are_real_errors(tmp_path, model_path, positive_slab, mount_options, status,
+                                                     message):
+    """A real read-only folder and a real full disk (a tmpfs mounted in a private mount namespace; the
+    tests run as root, for whom chmod makes nothing read-only): one-line error, no study file left."""
+    source = tmp_path / "lge.nii.gz"
+    sitk.WriteImage(positive_slab, str(source))
+    out = tmp_path / "out"
+    out.mkdir()
+    command = " ".join(shlex.quote(a) for a in _cli(source, "-o", out, "--model", model_path))
+    script = (f"mount -t tmpfs -o {mount_options} none {shlex.quote(str(out))} && "
+              f"{{ {command}; echo status=$?; ls -A {shlex.quote(str(out))}; }}")
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    lines = run.stdout.splitlines()
+    code = next(int(l.split("=")[1]) for l in lines if l.startswith("status="))
+    left = lines[[l.startswith("status=") for l in lines].index(True) + 1:]
+    assert code == status, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not [name for name in left if name.startswith("lge")], left

@@ -352,7 +352,8 @@ class ScarNetLogic:
         record["options"].update(density_g_per_ml=float(densityGPerMl),
                                  insertion_point=rasToLps(insertionPointRas) if insertionPointRas is not None else None)
         record["labels_edited"] = self.outputState(segmentationNode) != UNCHANGED
-        return outputs.write_study(outputDirectory, name, result, record, labels=labels, qc_flags=record["qc_flags"])
+        return outputs.write_study(outputDirectory, name, result, record, labels=labels, qc_flags=record["qc_flags"],
+                                   overwrite=overwrite)
 
     @staticmethod
     def runRecord(segmentationNode) -> Optional[dict]:
