@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import CheckpointError
-from .io import atomic_path, sha256_of
+from .io import atomic_path, json_safe, sha256_of
 from .cascade import LOCATE, SEGMENT, CascadeParams, ScarNetCascade, StageGeometry
 from .labels import CLASS_NAMES
 from .model import ScarNet, ScarNetConfig
@@ -52,19 +52,8 @@ def _tensors(model: ScarNet, dtype: torch.dtype | None) -> dict:
 def _write(path: str | Path, state: dict, metadata: dict) -> Path:
     meta = {"format": FORMAT, "scarnet_version": __version__, "classes": list(CLASS_NAMES), **metadata}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(_json_safe(meta), allow_nan=False)})
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(json_safe(meta), allow_nan=False)})
     return Path(path)
-
-
-def _json_safe(value):
-    """NaN (e.g. scar Dice of a split without infarct) becomes null: strict JSON for other tools."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def read_metadata(path: str | Path) -> dict:

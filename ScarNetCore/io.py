@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,6 +41,25 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def json_safe(value):
+    """Strict JSON for other tools: NaN (e.g. scar Dice of a case without infarct) becomes null,
+    ±inf (e.g. HD95 with an empty prediction) the strings "inf"/"-inf"; keys become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(data, path: str | os.PathLike) -> Path:
+    """Strict JSON (json_safe; other objects, e.g. paths, as their text), written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    return Path(path)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

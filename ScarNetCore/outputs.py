@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .errors import InputError, OutputError, ScarNetError
-from .io import atomic_path, sha256_of, write_image_atomic
+from .io import atomic_path, sha256_of, write_image_atomic, write_json_atomic
 from .quantify.bullseye import bullseye_figure
 from .quantify.classical import METHOD_NAMES
 from .quantify.result import QuantResult
@@ -137,9 +137,7 @@ def _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay
         model = record.get("model") or {}
         written["dicom_seg"] = write_dicom_seg(labels, dicom_files, paths["dicom_seg"], model.get("name") or "")
     record.update(finished=record.get("finished") or now(), outputs=sorted(p.name for p in written.values()))
-    with atomic_path(paths["run"]) as tmp:
-        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
-    written["run"] = paths["run"]
+    written["run"] = write_json_atomic(record, paths["run"])
     return written
 
 

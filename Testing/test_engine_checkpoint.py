@@ -30,11 +30,12 @@ def test_round_trip_identical_outputs_and_metadata(tmp_path, model_and_path):
     model, _ = model_and_path
     preprocessing = PreprocessConfig(target_spacing_mm=1.1, percentiles=(1.0, 99.0))
     path = save_checkpoint(tmp_path / "m.safetensors", model, preprocessing, name="rt", licence="MIT",
-                           metrics={"dice": 0.5, "scar_dice": float("nan")})
+                           metrics={"dice": 0.5, "scar_dice": float("nan"), "hd95_mm": float("inf")})
     loaded, meta = load_checkpoint(path)
     assert not loaded.training
     assert meta["name"] == "rt" and meta["licence"] == "MIT"
-    assert meta["metrics"] == {"dice": 0.5, "scar_dice": None}  # NaN stored as strict-JSON null
+    # strict JSON, as evaluate's summary.json: NaN is null, inf the string "inf"
+    assert meta["metrics"] == {"dice": 0.5, "scar_dice": None, "hd95_mm": "inf"}
     assert meta["config"] == model.config.to_dict()
     assert PreprocessConfig.from_dict(meta["preprocessing"]) == preprocessing
     assert read_metadata(path) == meta

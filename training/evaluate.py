@@ -55,7 +55,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ScarNetCore.errors import ScarNetError
-from ScarNetCore.io import atomic_path
+from ScarNetCore.io import atomic_path, write_json_atomic
 from ScarNetCore.labels import MVO, SCAR, myocardium_mask, scar_mask
 from training.data import SLICE_NAME, remap_labels, volume_stem
 from training.metrics import STRUCTURES, dice
@@ -261,21 +261,6 @@ def summarize(rows: list[dict]) -> dict:
 
 # --- output --------------------------------------------------------------------------------------
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False), encoding="utf-8")
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
     """NaN and inf are written as `nan` and `inf` (what Python, numpy and pandas read back)."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -382,7 +367,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         plots.robustness_plot(table, out / "robustness.png")
         summary["robustness"] = {"snr_definition": "mean raw intensity in the reference LV (labels 1-4) / noise SD",
                                  "repeats": args.repeats, "seed": args.seed, "rows": table}
-    write_json(out / "summary.json", summary)
+    write_json_atomic(summary, out / "summary.json")
     write_csv(out / "summary.csv", summary_rows(summary))
     for name, e in summary["structures"].items():
         log(f"{name}: Dice {e['dice_mean']:.3f} ± {e['dice_sd']:.3f} (n={e['dice_cases']})"
