@@ -73,10 +73,35 @@ class CascadeParams:
         return settings_from_dict(cls, data, "cascade")
 
 
+class SegmentEnsemble(nn.Module):
+    """Several stage-2 networks that see the same crop; their class probabilities are averaged.
+
+    forward returns the log of the mean probability, so the softmax every caller applies gives that
+    mean back exactly. The members may differ in width; they share classes and grid."""
+
+    def __init__(self, members: list[ScarNet]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two networks")
+        first = members[0].config
+        for net in members[1:]:
+            if (net.config.num_classes, net.config.grid_size) != (first.num_classes, first.grid_size):
+                raise ValueError("ensemble members must share classes and grid")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def config(self):
+        return self.members[0].config
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        mean = torch.stack([torch.softmax(net(image).float(), 1) for net in self.members]).mean(0)
+        return torch.log(mean.clamp_min(1e-12))
+
+
 class ScarNetCascade(nn.Module):
     """The two stage networks, each a ScarNet (one definition), with their geometry and settings."""
 
-    def __init__(self, locate: ScarNet, segment: ScarNet, locate_geometry: StageGeometry = LOCATE_GEOMETRY,
+    def __init__(self, locate: ScarNet, segment: ScarNet | SegmentEnsemble, locate_geometry: StageGeometry = LOCATE_GEOMETRY,
                  segment_geometry: StageGeometry = SEGMENT_GEOMETRY, params: CascadeParams = CascadeParams()):
         super().__init__()
         for net, geometry, name in ((locate, locate_geometry, LOCATE), (segment, segment_geometry, SEGMENT)):

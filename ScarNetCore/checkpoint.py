@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import CheckpointError
 from .io import atomic_path, json_safe, sha256_of
-from .cascade import LOCATE, SEGMENT, CascadeParams, ScarNetCascade, StageGeometry
+from .cascade import LOCATE, SEGMENT, CascadeParams, ScarNetCascade, SegmentEnsemble, StageGeometry
 from .labels import CLASS_NAMES
 from .model import ScarNet, ScarNetConfig
 from .model.encoders import load_state_strict
@@ -26,6 +26,7 @@ from .preprocessing import PreprocessConfig
 FORMAT = "scarnet-checkpoint/1"
 METADATA_KEY = "scarnet"
 CASCADE = "ScarNetCascade"   # v2: both stages in one file, tensors prefixed "locate." and "segment."
+                             # (an ensemble stage 2: "segment.members.<i>.", one config per member)
 
 
 def save_checkpoint(path: str | Path, model: ScarNet, preprocessing: PreprocessConfig = PreprocessConfig(),
@@ -38,10 +39,17 @@ def save_checkpoint(path: str | Path, model: ScarNet, preprocessing: PreprocessC
 def save_cascade(path: str | Path, cascade: ScarNetCascade, dtype: torch.dtype | None = None, **metadata) -> Path:
     """One file for model v2: both stage networks, each stage's geometry, the cascade settings."""
     state = {f"{name}.{k}": v for name in (LOCATE, SEGMENT) for k, v in _tensors(getattr(cascade, name), dtype).items()}
-    stages = {name: {"config": getattr(cascade, name).config.to_dict(), "geometry": cascade.geometry[name].to_dict()}
+    stages = {name: {**_configs(getattr(cascade, name)), "geometry": cascade.geometry[name].to_dict()}
               for name in (LOCATE, SEGMENT)}
     return _write(path, state, {"architecture": CASCADE, "stages": stages, "cascade": cascade.params.to_dict(),
                                 "preprocessing": cascade.geometry[SEGMENT].preprocess().to_dict(), **metadata})
+
+
+def _configs(net: ScarNet | SegmentEnsemble) -> dict:
+    """A stage's network description: one config, or one per ensemble member."""
+    if isinstance(net, SegmentEnsemble):
+        return {"members": [m.config.to_dict() for m in net.members]}
+    return {"config": net.config.to_dict()}
 
 
 def _tensors(model: ScarNet, dtype: torch.dtype | None) -> dict:
@@ -110,10 +118,15 @@ def _build(meta: dict) -> ScarNet | ScarNetCascade:
         raise ValueError(f"unknown architecture {architecture!r} (this ScarNet knows ScarNet and {CASCADE}; "
                          "a newer ScarNet may be needed)")
     stages = meta["stages"]
-    nets = {name: ScarNet(ScarNetConfig.from_dict(stages[name]["config"]), pretrained_encoder=False)
-            for name in (LOCATE, SEGMENT)}
+    nets = {name: _stage_net(stages[name]) for name in (LOCATE, SEGMENT)}
     return ScarNetCascade(nets[LOCATE], nets[SEGMENT], StageGeometry.from_dict(stages[LOCATE]["geometry"]),
                           StageGeometry.from_dict(stages[SEGMENT]["geometry"]), CascadeParams.from_dict(meta.get("cascade")))
+
+
+def _stage_net(stage: dict) -> ScarNet | SegmentEnsemble:
+    if "members" in stage:
+        return SegmentEnsemble([ScarNet(ScarNetConfig.from_dict(c), pretrained_encoder=False) for c in stage["members"]])
+    return ScarNet(ScarNetConfig.from_dict(stage["config"]), pretrained_encoder=False)
 
 
 def _check_file(path: Path) -> None:

@@ -125,3 +125,39 @@ def test_cascade_segments_on_the_input_grid_and_flags(tmp_path, positive_slab):
     result = Segmenter(strict, device="cpu", precision="fp32").segment(noise)
     assert result.qc_flags == ["no_lv_found"]
     assert sitk.GetArrayFromImage(result.labels).max() == 0
+
+
+def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path):
+    """An ensemble stage 2 gives the mean of its members' probabilities (through the softmax every
+    caller applies), keeps each member's width through the checkpoint, and training/export.py builds
+    it from stage checkpoints, reusing the locate stage of an existing v2 file."""
+    from ScarNetCore.cascade import SegmentEnsemble
+    from ScarNetCore.checkpoint import save_checkpoint
+    from training.export import main as export_main
+
+    torch.manual_seed(1)
+    members = [ScarNet(ScarNetConfig(encoder="none", base_channels=c, grid_size=SEGMENT_GEOMETRY.grid_size)).eval()
+               for c in (4, 8)]
+    ensemble = SegmentEnsemble(members).eval()
+    x = torch.rand(2, 1, SEGMENT_GEOMETRY.grid_size, SEGMENT_GEOMETRY.grid_size)
+    with torch.no_grad():
+        mean = (torch.softmax(members[0](x), 1) + torch.softmax(members[1](x), 1)) / 2
+        assert torch.allclose(torch.softmax(ensemble(x), 1), mean, atol=1e-6)
+
+    v2 = save_cascade(tmp_path / "v2.safetensors", _small_cascade(min_scar_ml=2.0), name="t")
+    stages = []
+    for i, net in enumerate(members):
+        stages.append(save_checkpoint(tmp_path / f"member{i}.safetensors", net, SEGMENT_GEOMETRY.preprocess(),
+                                      training_config={"member": i}))
+    target = tmp_path / "ensemble.safetensors"
+    assert export_main([*map(str, stages), str(target), "--name", "ens", "--licence", "test", "--locate", str(v2),
+                        "--cascade", "min_scar_ml=0.5"]) == 0
+    loaded, meta = load_checkpoint(target)
+    assert isinstance(loaded.segment, SegmentEnsemble) and len(loaded.segment.members) == 2
+    assert [m["base_channels"] for m in meta["stages"]["segment"]["members"]] == [4, 8]
+    assert meta["member_training_configs"] == [{"member": 0}, {"member": 1}] and loaded.params.min_scar_ml == 0.5
+    source_v2, _ = load_checkpoint(v2)
+    ours, theirs = source_v2.locate.state_dict(), loaded.locate.state_dict()
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-2, rtol=1e-2) for k in ours)  # fp16 shipping copy
+    with torch.no_grad():  # fp16 weights: close to the float32 ensemble, not bit-equal
+        assert torch.allclose(torch.softmax(loaded.segment(x), 1), mean, atol=2e-2)

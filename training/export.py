@@ -3,8 +3,11 @@
     python training/export.py runs/x/best.safetensors Resources/Models/scarnet_litemedsam_emidec.safetensors \
         --name ... --licence ... --metrics eval/summary.json
 
-Model v2 (cascade): SOURCE is the segment stage, --locate the locate stage; both go into one file
-with each stage's geometry and the cascade settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams).
+Model v2 (cascade): SOURCE is the segment stage, --locate the locate stage (its checkpoint, or a v2
+file whose locate stage is reused); both go into one file with each stage's geometry and the cascade
+settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams). Several SOURCEs make an ensemble
+stage 2 whose probabilities are averaged (ScarNetCore.cascade.SegmentEnsemble); they must share the
+crop geometry. Metadata other than the metrics comes from the first SOURCE.
 """
 from __future__ import annotations
 
@@ -18,30 +21,44 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.cascade import CascadeParams, ScarNetCascade, StageGeometry
+from ScarNetCore.cascade import LOCATE, CascadeParams, ScarNetCascade, SegmentEnsemble, StageGeometry
 from ScarNetCore.checkpoint import load_checkpoint, save_cascade, save_checkpoint
 from ScarNetCore.io import atomic_path, sha256_of
 from ScarNetCore.preprocessing import PreprocessConfig
 
 
-def export(source: Path, target: Path, name: str, version: str, licence: str, metrics: dict | None,
+def export(sources: list[Path], target: Path, name: str, version: str, licence: str, metrics: dict | None,
            locate: Path | None = None, cascade: dict | None = None) -> str:
-    model, meta = load_checkpoint(source)
+    loaded = [load_checkpoint(source) for source in sources]
+    model, meta = loaded[0]
     keep = {k: meta[k] for k in ("training_data", "training_config") if k in meta}
     all_metrics = dict(meta.get("metrics", {}))
     if metrics:
         all_metrics.update(metrics)
     release = dict(name=name, version=version, licence=licence, encoder=model.config.encoder, **keep)
     if locate is None:
+        if len(loaded) > 1:
+            raise ValueError("several SOURCEs (an ensemble) need --locate: only a v2 stage 2 can be an ensemble")
         save_checkpoint(target, model, PreprocessConfig.from_dict(meta["preprocessing"]), dtype=torch.float16,
                         metrics=all_metrics, **release)
     else:
+        geometries = {StageGeometry.of(PreprocessConfig.from_dict(m["preprocessing"])) for _, m in loaded}
+        if len(geometries) != 1:
+            raise ValueError(f"the SOURCEs crop differently ({geometries}); an ensemble shares one crop")
+        segment = model if len(loaded) == 1 else SegmentEnsemble([net for net, _ in loaded])
+        if len(loaded) > 1:
+            release["member_training_configs"] = [m.get("training_config") for _, m in loaded]
         locator, locate_meta = load_checkpoint(locate)
-        geometry = [StageGeometry.of(PreprocessConfig.from_dict(m["preprocessing"])) for m in (locate_meta, meta)]
-        both = ScarNetCascade(locator, model, *geometry,
-                              CascadeParams.from_dict(cascade))
-        all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
-        release["locate_training_config"] = locate_meta.get("training_config")
+        if isinstance(locator, ScarNetCascade):  # reuse a v2 file's stage 1
+            locate_geometry = locator.geometry[LOCATE]
+            all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("locate_validation")
+            release["locate_training_config"] = locate_meta.get("locate_training_config")
+            locator = locator.locate
+        else:
+            locate_geometry = StageGeometry.of(PreprocessConfig.from_dict(locate_meta["preprocessing"]))
+            all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
+            release["locate_training_config"] = locate_meta.get("training_config")
+        both = ScarNetCascade(locator, segment, locate_geometry, geometries.pop(), CascadeParams.from_dict(cascade))
         save_cascade(target, both, dtype=torch.float16, metrics=all_metrics, **release)
     digest = sha256_of(target)
     with atomic_path(target.with_suffix(".sha256")) as tmp:
@@ -51,7 +68,8 @@ def export(source: Path, target: Path, name: str, version: str, licence: str, me
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path)
+    parser.add_argument("source", type=Path, nargs="+", help="the trained network; model v2: the segment stage "
+                        "(several: an ensemble)")
     parser.add_argument("target", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", default="1.0")
