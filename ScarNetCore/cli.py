@@ -238,7 +238,12 @@ def cmd_info(args) -> int:
             g = model.geometry[name]
             print(f"  {name}: {g.grid_size}×{g.grid_size} at {g.spacing_mm:g} mm/pixel "
                   f"({g.grid_size * g.spacing_mm:g} mm field of view)")
-            _describe(getattr(model, name), "  ")
+            net = getattr(model, name)
+            members = getattr(net, "members", [net])  # an ensemble stage 2: each member
+            if len(members) > 1:
+                print(f"  ensemble of {len(members)} networks, probabilities averaged")
+            for member in members:
+                _describe(member, "    " if len(members) > 1 else "  ")
     else:
         _describe(model, "")
     for key in ("name", "licence", "training_data", "metrics"):

@@ -46,6 +46,8 @@ def atomic_path(path: str | os.PathLike):
 def json_safe(value):
     """Strict JSON for other tools: NaN (e.g. scar Dice of a case without infarct) becomes null,
     ±inf (e.g. HD95 with an empty prediction) the strings "inf"/"-inf"; keys become strings."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):

@@ -16,6 +16,8 @@ import functools
 import json
 import math
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -96,15 +98,26 @@ def folder_lock(out_dir: str | os.PathLike, wait_s: float = LOCK_WAIT_S):
     mix two runs and no cohort row is lost. Raises OSError where the folder cannot be written."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    # a plain write first: some filelock versions take "cannot open the lock file" for "someone holds it"
+    fd, probe = tempfile.mkstemp(prefix=".scarnet-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
     path = folder / LOCK
     if path.is_symlink():  # a planted link: our file name, replaced, never followed
         path.unlink()
-    lock = FileLock(path, timeout=wait_s)
+    lock = FileLock(path, timeout=wait_s, mode=0o666)  # empty file; others sharing the folder must open it too
     try:
-        lock.acquire()
+        try:
+            lock.acquire(timeout=2.0)
+        except Timeout:
+            print(f"scarnet: {folder}: waiting for another ScarNet process writing here …", file=sys.stderr)
+            lock.acquire()
     except Timeout:
         raise OutputError(f"{folder}: another ScarNet process has been writing here for {wait_s:.0f} s; wait for "
                           "it to finish or choose another -o folder") from None
+    except NotImplementedError as exc:  # a file system without file locks
+        raise OutputError(f"{folder}: this file system cannot lock files ({exc}); choose an -o folder on a local "
+                          "disk") from None
     try:
         yield
     finally:
@@ -284,8 +297,7 @@ class CohortTable:
         row = {"input": str(input_path), "status": status, "error": error, **(summary or {})}
         try:
             with folder_lock(self.path.parent):
-                # read again under the lock: another process may have added rows since
-                self.rows = {r["input"]: r for r in read_csv(self.path)} if self.path.is_file() else {}
+                self.rows = self._read()  # again under the lock: another process may have added rows since
                 self.rows[row["input"]] = row
                 numbers = [k for k in dict.fromkeys(k for r in self.rows.values() for k in r)
                            if k not in COHORT_COLUMNS and k != "qc_flags"]
@@ -293,3 +305,12 @@ class CohortTable:
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot update the cohort table ({exc.strerror or exc}); free disk "
                               "space or choose a writable -o folder") from exc
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.is_file():
+            return {}
+        try:
+            return {row["input"]: row for row in read_csv(self.path)}
+        except (csv.Error, KeyError, UnicodeDecodeError) as exc:
+            raise OutputError(f"{self.path}: not a ScarNet cohort table ({type(exc).__name__}: {exc}); move it "
+                              "away or choose another -o folder") from None

@@ -127,12 +127,13 @@ def test_cascade_segments_on_the_input_grid_and_flags(tmp_path, positive_slab):
     assert sitk.GetArrayFromImage(result.labels).max() == 0
 
 
-def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path):
+def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path, capsys):
     """An ensemble stage 2 gives the mean of its members' probabilities (through the softmax every
     caller applies), keeps each member's width through the checkpoint, and training/export.py builds
     it from stage checkpoints, reusing the locate stage of an existing v2 file."""
     from ScarNetCore.cascade import SegmentEnsemble
     from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.cli import main
     from training.export import main as export_main
 
     torch.manual_seed(1)
@@ -144,7 +145,7 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path):
         mean = (torch.softmax(members[0](x), 1) + torch.softmax(members[1](x), 1)) / 2
         assert torch.allclose(torch.softmax(ensemble(x), 1), mean, atol=1e-6)
 
-    v2 = save_cascade(tmp_path / "v2.safetensors", _small_cascade(min_scar_ml=2.0), name="t")
+    v2 = save_cascade(tmp_path / "v2.safetensors", _small_cascade(min_scar_ml=2.0, low_confidence=0.9), name="t")
     stages = []
     for i, net in enumerate(members):
         stages.append(save_checkpoint(tmp_path / f"member{i}.safetensors", net, SEGMENT_GEOMETRY.preprocess(),
@@ -156,8 +157,11 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path):
     assert isinstance(loaded.segment, SegmentEnsemble) and len(loaded.segment.members) == 2
     assert [m["base_channels"] for m in meta["stages"]["segment"]["members"]] == [4, 8]
     assert meta["member_training_configs"] == [{"member": 0}, {"member": 1}] and loaded.params.min_scar_ml == 0.5
+    assert loaded.params.low_confidence == 0.9 and "validation" not in meta["metrics"]  # v2 file's, --cascade on top
     source_v2, _ = load_checkpoint(v2)
     ours, theirs = source_v2.locate.state_dict(), loaded.locate.state_dict()
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-2, rtol=1e-2) for k in ours)  # fp16 shipping copy
     with torch.no_grad():  # fp16 weights: close to the float32 ensemble, not bit-equal
         assert torch.allclose(torch.softmax(loaded.segment(x), 1), mean, atol=2e-2)
+    assert main(["info", "--model", str(target)]) == 0
+    assert "ensemble of 2 networks" in capsys.readouterr().out

@@ -230,7 +230,7 @@ def test_a_failed_write_leaves_no_partial_study_and_links_are_not_followed(tmp_p
     err = capsys.readouterr().err
     line = next(l for l in err.splitlines() if "No space left on device" in l)
     assert "free disk space" in line and "Traceback" not in err
-    assert sorted(p.name for p in out.iterdir()) == [LOCK, "cohort.csv"]
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK) == ["cohort.csv"]
     monkeypatch.undo()
 
     outside = tmp_path / "outside.txt"
@@ -258,17 +258,15 @@ def test_two_processes_on_one_folder_take_turns(tmp_path, model_path, positive_s
     out = tmp_path / "out"
     runs = [subprocess.Popen(_cli(source, "-o", out, "--model", model_path), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for source in sources]
-    codes = [run.wait(timeout=300) for run in runs]
-    errors = [run.stderr.read() for run in runs]
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    codes = [run.returncode for run in runs]
     assert sorted(codes) == [0, 1], errors
     loser = errors[codes.index(1)]
     assert "already exists" in loser and "Traceback" not in loser
     winner = sources[codes.index(0)]
     record = json.loads((out / "lge_run.json").read_text(encoding="utf-8"))
-    assert record["inputs"][0]["path"] == str(winner)
+    assert record["inputs"] == [{"path": str(winner), "sha256": sha256_of(winner)}]
     assert all((out / name).is_file() for name in record["outputs"])
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lge_seg.nii.gz")))
-    assert labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(winner))).shape
     rows = {r["input"]: r["status"] for r in read_csv(out / "cohort.csv")}
     assert rows == {str(winner): "ok", str(sources[codes.index(1)]): "failed"}
 
@@ -284,7 +282,7 @@ def _namespace_available() -> bool:
                     reason="needs user and mount namespaces (unshare -rm) to mount a real read-only or full folder")
 @pytest.mark.parametrize("mount_options, status, message", [
     ("ro", 2, "cannot write into this folder (Read-only file system); choose a writable -o folder"),
-    ("size=24k", 1, "No space left on device"),   # room for the lock and cohort table, not the labels
+    ("size=24k", 1, "No space left on device"),   # room for the lock and cohort table, not the whole study
 ])
 def test_read_only_and_full_folders_are_real_errors(tmp_path, model_path, positive_slab, mount_options, status,
                                                      message):
@@ -299,8 +297,35 @@ def test_read_only_and_full_folders_are_real_errors(tmp_path, model_path, positi
               f"{{ {command}; echo status=$?; ls -A {shlex.quote(str(out))}; }}")
     run = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     lines = run.stdout.splitlines()
+    assert any(l.startswith("status=") for l in lines), run.stderr  # the mount worked and the command ran
     code = next(int(l.split("=")[1]) for l in lines if l.startswith("status="))
     left = lines[[l.startswith("status=") for l in lines].index(True) + 1:]
     assert code == status, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
     assert not [name for name in left if name.startswith("lge")], left
+
+
+def test_cohort_rows_of_two_writers_are_merged_and_the_guard_is_rechecked(tmp_path):
+    """Deterministic half of the two-process test: two tables on one folder add rows in turn and both
+    survive; a study written between a caller's early check and its write is not overwritten."""
+    from ScarNetCore import outputs
+    from ScarNetCore.errors import ScarNetError
+    from ScarNetCore.quantify import quantify
+
+    first, second = outputs.CohortTable(tmp_path), outputs.CohortTable(tmp_path)
+    first.add("a.nii.gz", "ok", summary={"scar_ml": 1.0})
+    second.add("b.nii.gz", "failed", "reason")
+    first.add("c.nii.gz", "ok", summary={"scar_ml": 2.0})
+    assert [r["input"] for r in read_csv(tmp_path / "cohort.csv")] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    (tmp_path / "cohort.csv").write_text("name,value\nx,1\n", encoding="utf-8")  # some other table
+    with pytest.raises(ScarNetError, match="not a ScarNet cohort table"):
+        first.add("d.nii.gz", "ok")
+
+    labels = sitk.Image(8, 8, 2, sitk.sitkUInt8)
+    report = quantify(labels)
+    outputs.refuse_overwrite(tmp_path, "case", overwrite=False)       # the early check passes ...
+    outputs.write_study(tmp_path, "case", report, outputs.run_record([], {}, outputs.now()))  # ... another run writes
+    before = (tmp_path / "case_scar.csv").read_bytes()
+    with pytest.raises(ScarNetError, match="already exists"):
+        outputs.write_study(tmp_path, "case", report, outputs.run_record([], {}, outputs.now()))
+    assert (tmp_path / "case_scar.csv").read_bytes() == before

