@@ -63,6 +63,7 @@ class CascadeParams:
     min_scar_ml: float = 0.0           # case-level "no infarct": less predicted scar than this is dropped
     low_confidence: float = 0.8        # mean top-class probability over the predicted LV below this: flag
     flip_tta: bool = True              # stage 2 averages the identity and two flips
+    rot90_tta: bool = False            # with flip_tta: all 8 rotations by 90° and their mirror images
     refine_passes: int = 1             # re-centre the crop on stage 2's own LV before the final pass
 
     def to_dict(self) -> dict:
@@ -151,13 +152,21 @@ def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params:
     return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, at_edge)
 
 
-def _flip_tta(net: ScarNet, batch: torch.Tensor, enabled: bool) -> torch.Tensor:
+def _tta(net: ScarNet, batch: torch.Tensor, params: CascadeParams | None) -> torch.Tensor:
+    """Class probabilities averaged over the test-time views `params` asks for (None: the plain view)."""
     probs = torch.softmax(net(batch).float(), 1)
-    if enabled:
-        for dims in ((-1,), (-2,)):
-            probs += torch.softmax(net(batch.flip(dims)).float(), 1).flip(dims)
-        probs /= 3
-    return probs
+    if params is None or not params.flip_tta:
+        return probs
+    if params.rot90_tta:  # the dihedral group: rotations by 0-270°, each also mirrored
+        views = [(k, mirror) for k in range(4) for mirror in (False, True) if (k, mirror) != (0, False)]
+        for k, mirror in views:
+            x = torch.rot90(batch, k, (-2, -1))
+            p = torch.softmax(net(x.flip(-1) if mirror else x).float(), 1)
+            probs += torch.rot90(p.flip(-1) if mirror else p, -k, (-2, -1))
+        return probs / 8
+    for dims in ((-1,), (-2,)):
+        probs += torch.softmax(net(batch.flip(dims)).float(), 1).flip(dims)
+    return probs / 3
 
 
 def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, autocast, batch_size: int) -> LVLocation:
@@ -186,15 +195,15 @@ def refine_centre(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, 
 
 
 def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, device, autocast,
-                  tta: bool | None = None) -> torch.Tensor:
+                  tta: bool = True) -> torch.Tensor:
     """Stage 2 on some slices: [n, h, w] raw → [n, K, h, w] class probabilities on the native grid.
 
-    tta: flip test-time augmentation; None follows the model's setting."""
+    tta: the model's test-time augmentation (flips, rotations, CascadeParams); False: the plain view only."""
     geometry = cascade.geometry[SEGMENT]
     mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess(), centre_native=centre)
     raw = mapping.to_grid(torch.from_numpy(slices.astype(np.float32))[:, None])[:, 0].numpy()
     inside = mapping.to_grid(torch.ones(1, 1, *slices.shape[-2:]))[0, 0].numpy() > 0.5
     batch = torch.from_numpy(np.stack([normalize_in_window(r, inside, geometry.percentiles) for r in raw]))[:, None]
     with autocast():
-        probs = _flip_tta(cascade.segment, batch.to(device), cascade.params.flip_tta if tta is None else tta)
+        probs = _tta(cascade.segment, batch.to(device), cascade.params if tta else None)
     return mapping.from_grid(probs.cpu())

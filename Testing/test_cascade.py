@@ -165,3 +165,22 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path, capsys):
         assert torch.allclose(torch.softmax(loaded.segment(x), 1), mean, atol=2e-2)
     assert main(["info", "--model", str(target)]) == 0
     assert "ensemble of 2 networks" in capsys.readouterr().out
+
+
+def test_test_time_views_flips_and_the_dihedral_group():
+    """flip_tta averages the identity and two flips; with rot90_tta all eight rotations/mirror images,
+    so the result turns with the input (equivariance under a quarter turn); no TTA is one plain pass."""
+    from ScarNetCore.cascade import _tta
+    torch.manual_seed(0)
+    net = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=32)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        plain = torch.softmax(net(x), 1)
+        flips = (plain + torch.softmax(net(x.flip(-1)), 1).flip(-1) + torch.softmax(net(x.flip(-2)), 1).flip(-2)) / 3
+        assert torch.allclose(_tta(net, x, None), plain)
+        assert torch.allclose(_tta(net, x, CascadeParams()), flips, atol=1e-6)
+        eight = _tta(net, x, CascadeParams(rot90_tta=True))
+        turned = _tta(net, torch.rot90(x, 1, (-2, -1)), CascadeParams(rot90_tta=True))
+        assert torch.allclose(turned, torch.rot90(eight, 1, (-2, -1)), atol=1e-5)
+        assert not torch.allclose(eight, flips, atol=1e-3)   # more views than the flips alone
+        assert torch.allclose(eight.sum(1), torch.ones(2, 32, 32), atol=1e-5)
