@@ -152,21 +152,24 @@ def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params:
     return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, at_edge)
 
 
+# Test-time views as (quarter turns, mirrored): the identity and two flips (a vertical flip is a half
+# turn mirrored), or the dihedral group: every quarter turn, each also mirrored.
+FLIP_VIEWS = ((0, False), (0, True), (2, True))
+DIHEDRAL_VIEWS = tuple((k, mirror) for k in range(4) for mirror in (False, True))
+
+
 def _tta(net: ScarNet, batch: torch.Tensor, params: CascadeParams | None) -> torch.Tensor:
     """Class probabilities averaged over the test-time views `params` asks for (None: the plain view)."""
-    probs = torch.softmax(net(batch).float(), 1)
-    if params is None or not params.flip_tta:
-        return probs
-    if params.rot90_tta:  # the dihedral group: rotations by 0-270°, each also mirrored
-        views = [(k, mirror) for k in range(4) for mirror in (False, True) if (k, mirror) != (0, False)]
-        for k, mirror in views:
-            x = torch.rot90(batch, k, (-2, -1))
-            p = torch.softmax(net(x.flip(-1) if mirror else x).float(), 1)
-            probs += torch.rot90(p.flip(-1) if mirror else p, -k, (-2, -1))
-        return probs / 8
-    for dims in ((-1,), (-2,)):
-        probs += torch.softmax(net(batch.flip(dims)).float(), 1).flip(dims)
-    return probs / 3
+    views = ((0, False),)
+    if params is not None and params.flip_tta:
+        views = DIHEDRAL_VIEWS if params.rot90_tta else FLIP_VIEWS
+    probs = None
+    for k, mirror in views:
+        x = torch.rot90(batch, k, (-2, -1))
+        p = torch.softmax(net(x.flip(-1) if mirror else x).float(), 1)
+        p = torch.rot90(p.flip(-1) if mirror else p, -k, (-2, -1))  # back to the crop's orientation
+        probs = p if probs is None else probs + p
+    return probs / len(views)
 
 
 def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, autocast, batch_size: int) -> LVLocation:

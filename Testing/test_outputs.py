@@ -7,6 +7,7 @@ results are recorded and written, not what the labels are.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shlex
@@ -271,15 +272,15 @@ def test_two_processes_on_one_folder_take_turns(tmp_path, model_path, positive_s
     assert rows == {str(winner): "ok", str(sources[codes.index(1)]): "failed"}
 
 
+@functools.cache
 def _namespace_available() -> bool:
+    """Asked once, when a test needs it, not at every collection."""
     if not shutil.which("unshare"):
         return False
     return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs none /mnt"],
                           capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _namespace_available(),
-                    reason="needs user and mount namespaces (unshare -rm) to mount a real read-only or full folder")
 @pytest.mark.parametrize("mount_options, status, message", [
     ("ro", 2, "cannot write into this folder (Read-only file system); choose a writable -o folder"),
     ("size=24k", 1, "No space left on device"),   # room for the lock and cohort table, not the whole study
@@ -288,6 +289,8 @@ def test_read_only_and_full_folders_are_real_errors(tmp_path, model_path, positi
                                                      message):
     """A real read-only folder and a real full disk (a tmpfs mounted in a private mount namespace; the
     tests run as root, for whom chmod makes nothing read-only): one-line error, no study file left."""
+    if not _namespace_available():
+        pytest.skip("needs user and mount namespaces (unshare -rm) to mount a real read-only or full folder")
     source = tmp_path / "lge.nii.gz"
     sitk.WriteImage(positive_slab, str(source))
     out = tmp_path / "out"

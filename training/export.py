@@ -46,8 +46,10 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
         geometries = {StageGeometry.of(PreprocessConfig.from_dict(m["preprocessing"])) for _, m in loaded}
         if len(geometries) != 1:
             raise ValueError(f"the SOURCEs crop differently ({geometries}); an ensemble shares one crop")
-        segment = model if len(loaded) == 1 else SegmentEnsemble([net for net, _ in loaded])
-        if len(loaded) > 1:  # the first member's own training numbers are not the ensemble's
+        if len(loaded) == 1:
+            segment = model
+        else:  # the first member's own training numbers are not the ensemble's
+            segment = SegmentEnsemble([net for net, _ in loaded])
             all_metrics.pop("validation", None)
             all_metrics["member_validation"] = [m.get("metrics", {}).get("validation") for _, m in loaded]
             release["member_training_configs"] = [m.get("training_config") for _, m in loaded]
