@@ -14,7 +14,7 @@ GridMapping's exact inverse, as in v1.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ class CascadeParams:
     flip_tta: bool = True              # stage 2 averages the identity and two flips
     rot90_tta: bool = False            # with flip_tta: all 8 rotations by 90° and their mirror images
     refine_passes: int = 1             # re-centre the crop on stage 2's own LV before the final pass
+    neighbour_mm: float = 10.0         # 2.5-D stage 2: its neighbours are the slices nearest this far away
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +79,8 @@ class SegmentEnsemble(nn.Module):
     """Several stage-2 networks that see the same crop; their class probabilities are averaged.
 
     forward returns the log of the mean probability, so the softmax every caller applies gives that
-    mean back exactly. The members may differ in width; they share classes and grid."""
+    mean back exactly. The members may differ in width and in how many neighbouring slices they see
+    (each takes the middle channels of the input); they share classes and grid."""
 
     def __init__(self, members: list[ScarNet]):
         super().__init__()
@@ -92,11 +94,16 @@ class SegmentEnsemble(nn.Module):
 
     @property
     def config(self):
-        return self.members[0].config
+        """The first member's, taking as many slices as the widest-seeing member."""
+        return replace(self.members[0].config, in_channels=max(m.config.in_channels for m in self.members))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        mean = torch.stack([torch.softmax(net(image).float(), 1) for net in self.members]).mean(0)
-        return torch.log(mean.clamp_min(1e-12))
+        middle = image.shape[1] // 2
+        probs = []
+        for net in self.members:
+            context = net.config.in_channels // 2
+            probs.append(torch.softmax(net(image[:, middle - context:middle + context + 1]).float(), 1))
+        return torch.log(torch.stack(probs).mean(0).clamp_min(1e-12))
 
 
 class ScarNetCascade(nn.Module):
@@ -185,28 +192,48 @@ def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, auto
     return find_lv(lv, spacing, cascade.params)
 
 
-def refine_centre(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, device, autocast,
-                  batch_size: int) -> tuple[float, float]:
-    """Stage 2's own LV centre (native pixels) over the given slices; `centre` if it finds no LV."""
+def refine_centre(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device, autocast,
+                  batch_size: int, step: int = 1) -> tuple[float, float]:
+    """Stage 2's own LV centre (native pixels) over slices[index]; `centre` if it finds no LV."""
     sums, count = np.zeros(2), 0
-    for start in range(0, len(slices), batch_size):
-        probs = segment_crops(cascade, slices[start:start + batch_size], spacing, centre, device, autocast, tta=False)
+    for start in range(0, len(index), batch_size):
+        probs = segment_crops(cascade, slices, index[start:start + batch_size], spacing, centre, device, autocast,
+                              tta=False, step=step)
         _, rows, cols = np.nonzero(probs.argmax(1).numpy() > 0)
         sums += (rows.sum(), cols.sum())
         count += len(rows)
     return tuple(float(v) for v in sums / count) if count else centre
 
 
-def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, spacing, centre, device, autocast,
-                  tta: bool = True) -> torch.Tensor:
-    """Stage 2 on some slices: [n, h, w] raw → [n, K, h, w] class probabilities on the native grid.
+def neighbour_step(slice_mm: float | None, params: CascadeParams) -> int:
+    """How many slices apart a 2.5-D stage 2's neighbours are: the distance it was trained with
+    (EMIDEC: 10 mm) in this stack's slices; 1 when the slice distance is unknown (a single slice)."""
+    return max(1, int(round(params.neighbour_mm / slice_mm))) if slice_mm else 1
 
-    tta: the model's test-time augmentation (flips, rotations, CascadeParams); False: the plain view only."""
+
+def neighbour_indices(index: np.ndarray, count: int, context: int, step: int = 1) -> np.ndarray:
+    """[n, 2·context + 1] stack positions: each slice between its neighbours `step` slices away;
+    beyond the ends of the stack the nearest end slice stands in."""
+    offsets = np.arange(-context, context + 1) * step
+    return np.clip(np.asarray(index)[:, None] + offsets[None], 0, count - 1)
+
+
+def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device,
+                  autocast, tta: bool = True, step: int = 1) -> torch.Tensor:
+    """Stage 2 on slices[index] (slices: the whole raw stack [N, h, w], which a 2.5-D network also
+    takes the neighbours from) → [n, K, h, w] class probabilities on the native grid.
+
+    tta: the model's test-time augmentation (flips, rotations, CascadeParams); False: the plain view only.
+    step: neighbour_step of the stack."""
     geometry = cascade.geometry[SEGMENT]
+    channels = cascade.segment.config.in_channels
+    positions = neighbour_indices(index, len(slices), channels // 2, step)
     mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess(), centre_native=centre)
-    raw = mapping.to_grid(torch.from_numpy(slices.astype(np.float32))[:, None])[:, 0].numpy()
+    needed = np.unique(positions)
+    raw = mapping.to_grid(torch.from_numpy(slices[needed].astype(np.float32))[:, None])[:, 0].numpy()
     inside = mapping.to_grid(torch.ones(1, 1, *slices.shape[-2:]))[0, 0].numpy() > 0.5
-    batch = torch.from_numpy(np.stack([normalize_in_window(r, inside, geometry.percentiles) for r in raw]))[:, None]
+    crops = np.stack([normalize_in_window(r, inside, geometry.percentiles) for r in raw])
+    batch = torch.from_numpy(crops[np.searchsorted(needed, positions)])
     with autocast():
         probs = _tta(cascade.segment, batch.to(device), cascade.params if tta else None)
     return mapping.from_grid(probs.cpu())

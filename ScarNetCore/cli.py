@@ -260,10 +260,12 @@ def _describe(model, indent: str) -> None:
     counts = count_parameters(model)
     grid = model.config.grid_size
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 1, grid, grid))
+        model(torch.zeros(1, model.config.in_channels, grid, grid))
     flops = counter.get_total_flops()
     encoder = f"{model.config.encoder} (input {model.encoder.input_size} px)" if model.encoder is not None else "none"
-    print(f"{indent}encoder {encoder}, grid {grid}×{grid}")
+    context = ", input: the slice between its two neighbours (2.5-D)" if model.config.in_channels == 3 else \
+        f", input: {model.config.in_channels} slices" if model.config.in_channels > 1 else ""
+    print(f"{indent}encoder {encoder}, grid {grid}×{grid}{context}")
     print(f"{indent}parameters: {counts['total']:,} total = {counts['encoder']:,} encoder + "
           f"{counts['unet_fusion_decoder']:,} U-Net/fusion/decoder")
     print(f"{indent}FLOPs per slice: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC)")

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cascade import ScarNetCascade, locate_lv, refine_centre, segment_crops
+from .cascade import ScarNetCascade, locate_lv, neighbour_step, refine_centre, segment_crops
 from .checkpoint import load_checkpoint
 from .errors import Cancelled, CheckpointError
 from .io import validate_image
@@ -158,16 +158,19 @@ class Segmenter:
         array = sitk.GetArrayFromImage(image).astype(np.float32)
         axis = cut_axis(image)
         if axis is None:
-            slices, spacing = array[None], tuple(image.GetSpacing()[::-1])
+            slices, spacing, slice_mm = array[None], tuple(image.GetSpacing()[::-1]), None
         else:
             slices, spacing = split_slices(array, image, axis)
+            slice_mm = image.GetSpacing()[::-1][axis]
         total = len(slices)
         if progress:
             progress(0, total)
-        run = self._cascade if self.is_cascade else self._whole_slices
         out = _Collector(slices.shape, self.num_classes, return_probabilities)
         with torch.inference_mode():
-            qc_flags = run(slices, spacing, batch_size, progress, cancel, out)
+            if self.is_cascade:
+                qc_flags = self._cascade(slices, spacing, slice_mm, batch_size, progress, cancel, out)
+            else:
+                qc_flags = self._whole_slices(slices, spacing, batch_size, progress, cancel, out)
         labels = out.labels
         if postprocess:
             labels = clean_labels(labels)
@@ -194,7 +197,7 @@ class Segmenter:
                 progress(min(start + batch_size, total), total)
         return []
 
-    def _cascade(self, slices, spacing, batch_size, progress, cancel, out: "_Collector") -> list[str]:
+    def _cascade(self, slices, spacing, slice_mm, batch_size, progress, cancel, out: "_Collector") -> list[str]:
         """v2: find the LV on the whole stack, then segment the crop around it on the slices that hold it.
 
         Slices without LV stay background (probability 1). Fills `out`; returns QC flags."""
@@ -209,13 +212,16 @@ class Segmenter:
         todo = np.flatnonzero(location.slices)
         done = total - len(todo)
         centre = location.centre
+        step = neighbour_step(slice_mm, self.model.params)
         for _ in range(self.model.params.refine_passes):
             self._check_cancel(cancel)
-            centre = refine_centre(self.model, slices[todo], spacing, centre, self.device, self._autocast, batch_size)
+            centre = refine_centre(self.model, slices, todo, spacing, centre, self.device, self._autocast, batch_size,
+                                   step)
         for start in range(0, len(todo), batch_size):
             self._check_cancel(cancel)
             index = todo[start:start + batch_size]
-            out.put(index, segment_crops(self.model, slices[index], spacing, centre, self.device, self._autocast))
+            out.put(index, segment_crops(self.model, slices, index, spacing, centre, self.device, self._autocast,
+                                         step=step))
             if progress:
                 progress(done + start + len(index), total)
         if progress and not len(todo):

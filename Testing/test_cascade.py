@@ -2,6 +2,8 @@
 inverse, LV finding, the one-file checkpoint, QC flags. The trained model is tested in test_default_model.py."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -167,6 +169,26 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path, capsys):
     assert "ensemble of 2 networks" in capsys.readouterr().out
 
 
+def test_ensemble_of_a_2d_and_a_2_5d_network_gives_each_its_own_slices(tmp_path):
+    """A 1-channel member sees the middle slice, a 3-channel member the slice with its neighbours; the
+    ensemble asks for three slices and keeps each member's input through its checkpoint."""
+    from ScarNetCore.cascade import SegmentEnsemble
+    torch.manual_seed(2)
+    flat, deep = (ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=32, in_channels=c)).eval()
+                  for c in (1, 3))
+    ensemble = SegmentEnsemble([flat, deep]).eval()
+    assert ensemble.config.in_channels == 3 and flat.config.in_channels == 1
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        mean = (torch.softmax(flat(x[:, 1:2]), 1) + torch.softmax(deep(x), 1)) / 2
+        assert torch.allclose(torch.softmax(ensemble(x), 1), mean, atol=1e-6)
+    locate = ScarNet(ScarNetConfig(encoder="none", base_channels=4, num_classes=2, grid_size=LOCATE_GEOMETRY.grid_size))
+    segment = SegmentEnsemble([ScarNet(ScarNetConfig(encoder="none", base_channels=4, in_channels=c,
+                                                     grid_size=SEGMENT_GEOMETRY.grid_size)) for c in (1, 3)])
+    loaded, _ = load_checkpoint(save_cascade(tmp_path / "mixed.safetensors", ScarNetCascade(locate, segment), name="t"))
+    assert [m.config.in_channels for m in loaded.segment.members] == [1, 3]
+
+
 def test_test_time_views_flips_and_the_dihedral_group():
     """flip_tta averages the identity and two flips; with rot90_tta all eight rotations/mirror images,
     so the result turns with the input (equivariance under a quarter turn); no TTA is one plain pass."""
@@ -184,3 +206,35 @@ def test_test_time_views_flips_and_the_dihedral_group():
         assert torch.allclose(turned, torch.rot90(eight, 1, (-2, -1)), atol=1e-5)
         assert not torch.allclose(eight, flips, atol=1e-3)   # more views than the flips alone
         assert torch.allclose(eight.sum(1), torch.ones(2, 32, 32), atol=1e-5)
+
+
+def test_a_2_5d_stage_2_sees_the_neighbouring_slices_and_nothing_further():
+    """in_channels 3: a slice's result depends on the slices next to it (and on no others); the end
+    slices take themselves as their missing neighbour; in a thin-slice stack the neighbours are the
+    slices about as far away as in training. A 1-channel stage 2 sees its slice alone."""
+    from ScarNetCore.cascade import neighbour_indices, neighbour_step, segment_crops
+    assert neighbour_indices(np.array([0, 2, 4]), 5, 1).tolist() == [[0, 0, 1], [1, 2, 3], [3, 4, 4]]
+    # neighbours as far apart as in training (10 mm): a thin-slice stack skips slices in between
+    assert [neighbour_step(mm, CascadeParams()) for mm in (10.0, 13.0, 8.0, 2.0, None)] == [1, 1, 1, 5, 1]
+    assert neighbour_indices(np.array([2]), 9, 1, step=5).tolist() == [[0, 2, 7]]
+    with pytest.raises(ValueError, match="odd"):
+        ScarNet(ScarNetConfig(encoder="none", in_channels=2))
+    stack = np.random.default_rng(0).random((5, 96, 96)).astype(np.float32)
+
+    def middle(cascade, slices):
+        with torch.no_grad():
+            return segment_crops(cascade, slices, np.array([2]), (1.5, 1.5), (48.0, 48.0), "cpu",
+                                 contextlib.nullcontext)
+
+    for channels, reaches_neighbour in ((3, True), (1, False)):
+        torch.manual_seed(0)
+        segment = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size,
+                                        in_channels=channels))
+        cascade = ScarNetCascade(_small_cascade().locate, segment).eval()
+        base = middle(cascade, stack)
+        near, far = stack.copy(), stack.copy()
+        near[3] = 1 - near[3]
+        far[0] = 1 - far[0]
+        assert torch.allclose(middle(cascade, far), base)
+        assert torch.allclose(middle(cascade, near), base) is not reaches_neighbour
+

@@ -95,3 +95,45 @@ def test_cached_views_augment_per_epoch_and_replay_exactly(tmp_path):
         assert np.array_equal(first[key].numpy(), again[1][key].numpy())
     views.set_epoch(1)
     assert not np.array_equal(views[1]["image"].numpy(), first["image"].numpy())
+
+
+def test_intensity_augmentation_treats_neighbouring_slices_as_one_acquisition():
+    """A slice with its neighbours gets the same gamma, contrast, coil field, blur and resolution as
+    each slice alone would with the same draws; a lone slice is augmented as before."""
+    from training.augment import augment_intensity
+    rng = np.random.default_rng(3)
+    stack = ndimage.gaussian_filter(rng.random((3, 64, 64)), (0, 3, 3)).astype(np.float32)
+    stack = (stack - stack.min()) / (stack.max() - stack.min())
+    cfg = AugmentConfig(p_gamma=1, p_contrast=1, p_bias=1, p_blur=1, p_lowres=1, p_noise=0)
+    together = augment_intensity(stack, np.random.default_rng(7), cfg)
+    alone = np.stack([augment_intensity(s, np.random.default_rng(7), cfg) for s in stack])
+    assert together.shape == stack.shape
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    noisy = augment_intensity(stack, np.random.default_rng(7), AugmentConfig(p_noise=1, p_gamma=0, p_contrast=0,
+                                                                             p_bias=0, p_blur=0, p_lowres=0))
+    assert not np.allclose(noisy[0] - stack[0], noisy[1] - stack[1])  # noise is drawn per pixel, per slice
+
+
+def test_segment_views_carry_the_neighbouring_slices_through_the_same_crop():
+    """Validation views of a 2.5-D stage: channel k is the plain crop of slice i − 1 + k (clamped at
+    the ends), the middle one the slice itself; training views stay in step with the mask."""
+    from ScarNetCore.cascade import SEGMENT_GEOMETRY
+    from training.cascade_data import StageViews
+    from training.data import SliceSample
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256]
+    ring = ((yy - 128) ** 2 + (xx - 120) ** 2 < 40 ** 2).astype(np.uint8) * 2
+    samples = [SliceSample("Case_X", i, ndimage.gaussian_filter(rng.random((256, 256)), 2).astype(np.float32), ring)
+               for i in range(4)]
+    flat = StageViews(samples, "segment", SEGMENT_GEOMETRY, 1.25, seed=0, train=False)
+    deep = StageViews(samples, "segment", SEGMENT_GEOMETRY, 1.25, seed=0, train=False, context=1)
+    for i, neighbours in ((0, (0, 0, 1)), (2, (1, 2, 3)), (3, (2, 3, 3))):
+        view = deep[i]["image"].numpy()
+        assert view.shape == (3, SEGMENT_GEOMETRY.grid_size, SEGMENT_GEOMETRY.grid_size)
+        for k, j in enumerate(neighbours):
+            np.testing.assert_allclose(view[k], flat[j]["image"][0].numpy(), atol=1e-6)
+    train = StageViews(samples, "segment", SEGMENT_GEOMETRY, 1.25, seed=0, context=1)
+    for i in range(len(train)):
+        view = train[i]
+        assert view["image"].shape == (3, SEGMENT_GEOMETRY.grid_size, SEGMENT_GEOMETRY.grid_size)
+        assert view["mask"].shape == (SEGMENT_GEOMETRY.grid_size, SEGMENT_GEOMETRY.grid_size)

@@ -85,25 +85,29 @@ def augment_geometry(image: np.ndarray, mask: np.ndarray, rng: np.random.Generat
 
 
 def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """image: [H, W], or [C, H, W] for a slice with its neighbours (one acquisition: the same gamma,
+    contrast, coil field, blur and resolution for all, noise drawn per pixel)."""
     x = image.astype(np.float32)
+    plane = (0,) * (x.ndim - 2)  # no smoothing or zoom across channels
     if rng.random() < cfg.p_gamma:
         x = np.power(np.clip(x, 0, 1), rng.uniform(*cfg.gamma))
     if rng.random() < cfg.p_contrast:
-        mean = x.mean()
+        mean = x.mean(axis=(-2, -1), keepdims=True)
         x = (x - mean) * rng.uniform(*cfg.contrast) + mean
     if rng.random() < cfg.p_bias:
         # smooth multiplicative field (coil sensitivity): a random low-order polynomial
-        h, w = x.shape
+        h, w = x.shape[-2:]
         yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
         c = rng.uniform(-1, 1, 5) * cfg.bias_strength
         field = 1 + c[0] * yy + c[1] * xx + c[2] * yy * xx + c[3] * yy ** 2 + c[4] * xx ** 2
         x = x * np.clip(field, 0.5, 1.5)
     if rng.random() < cfg.p_blur:
-        x = ndimage.gaussian_filter(x, rng.uniform(*cfg.blur_sigma))
+        sigma = rng.uniform(*cfg.blur_sigma)
+        x = ndimage.gaussian_filter(x, plane + (sigma, sigma))
     if rng.random() < cfg.p_lowres:
         factor = rng.uniform(*cfg.lowres_factor)
-        small = ndimage.zoom(x, factor, order=1)
-        x = ndimage.zoom(small, np.array(x.shape) / np.array(small.shape), order=1)[: x.shape[0], : x.shape[1]]
+        small = ndimage.zoom(x, (1,) * len(plane) + (factor, factor), order=1)
+        x = ndimage.zoom(small, np.array(x.shape) / np.array(small.shape), order=1)[..., : x.shape[-2], : x.shape[-1]]
     if rng.random() < cfg.p_noise:
         sd = rng.uniform(*cfg.noise_sd)
         if rng.random() < cfg.p_rician:

@@ -10,6 +10,8 @@ slice at its pixel spacing by one affine map per view (torch grid_sample):
   the localisation error, rotated, flipped, zoomed; sometimes the image itself is cut to a small
   field of view around the heart first (a user's crop: the window then holds padding). Normalised
   over the part of the crop that lies in the image. Target: the five labels, background outside.
+  A 2.5-D network also gets the neighbouring slices through the same crop, each normalised alone,
+  the stack in either direction, slightly shifted (breath-hold misregistration) or left out.
 Intensity augmentation (gamma, contrast, bias, blur, low resolution, noise) follows.
 Randomness depends on (seed, epoch, index) alone, so a resumed run replays the same views.
 """
@@ -37,6 +39,9 @@ class ViewConfig:
     p_negative_segment: float = 0.03              # segment: noise crops with an empty target
     p_user_crop: float = 0.3                      # segment: the image was cropped close to the heart
     user_crop_mm: tuple[float, float] = (80.0, 200.0)   # side of such a crop (the heart stays inside)
+    p_reverse: float = 0.5                        # segment, 2.5-D: the stack runs apex to base, not base to apex
+    p_no_context: float = 0.1                     # segment, 2.5-D: a lone slice (its neighbours are itself)
+    neighbour_shift_mm: float = 1.5               # segment, 2.5-D: breath-hold misregistration between slices (sd)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ViewConfig":
@@ -119,26 +124,50 @@ def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg:
     return augment_intensity(image, rng, aug) * in_fov, target
 
 
+def _neighbours(case: CaseSlices, index: int, context: int, rng, cfg: ViewConfig | None) -> np.ndarray:
+    """Stack positions of the slice between its neighbours, as inference takes them (clamped at the
+    ends); in training the stack may run either way, and a view may be a lone slice."""
+    positions = np.clip(index + np.arange(-context, context + 1), 0, len(case.images) - 1)
+    if cfg is not None and context:
+        if rng.random() < cfg.p_reverse:
+            positions = positions[::-1]
+        if rng.random() < cfg.p_no_context:
+            positions = np.full_like(positions, index)
+    return positions
+
+
 def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig | None,
-                 aug: AugmentConfig | None):
-    """cfg None: the unaugmented crop at the case's LV centre (validation)."""
+                 aug: AugmentConfig | None, context: int = 0):
+    """cfg None: the unaugmented crop at the case's LV centre (validation). context: neighbours on each
+    side as extra channels (2.5-D): the image is then [2·context + 1, g, g], else [g, g]."""
     g = geometry.grid_size
+    channels = 2 * context + 1
     if cfg is not None and rng.random() < cfg.p_negative_segment:
-        return augment_intensity(synthetic_negative((g, g), rng), rng, aug), np.zeros((g, g), np.uint8)
+        noise = np.stack([synthetic_negative((g, g), rng) for _ in range(channels)])
+        return augment_intensity(noise if context else noise[0], rng, aug), np.zeros((g, g), np.uint8)
+    positions = _neighbours(case, index, context, rng, cfg)
     matrix = _pose(rng, cfg) if cfg is not None else np.eye(2)
     centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
     coords, _, _ = _coords(geometry, matrix, centre, case.spacing)
     image, mask, inside = _sample(case.images[index], case.masks[index], coords)
+    images = []
+    for k, position in enumerate(positions):
+        if k == context:
+            images.append(image)
+            continue
+        shift = rng.normal(0, cfg.neighbour_shift_mm, 2) / case.spacing if cfg is not None else np.zeros(2)
+        images.append(_sample(case.images[position], case.masks[position], coords + shift[:, None, None])[0])
+    image = np.stack(images)
     if cfg is not None and rng.random() < cfg.p_user_crop:
         # an axis-aligned field of view in the source image, around the heart
         side = rng.uniform(*cfg.user_crop_mm, 2) / case.spacing
         fov_centre = case.centre + rng.uniform(-0.15, 0.15, 2) * side
         inside &= np.all(np.abs(coords - fov_centre[:, None, None]) <= side[:, None, None] / 2, axis=0)
         mask = mask * inside
-    image = normalize_in_window(image, inside)
+    image = np.stack([normalize_in_window(c, inside) for c in image])
     if aug is not None:
         image = augment_intensity(image, rng, aug) * inside
-    return image, mask
+    return (image if context else image[0]), mask
 
 
 def lv_crops(samples, geometry: StageGeometry, source_spacing_mm: float) -> list:
@@ -157,7 +186,8 @@ class StageViews(torch.utils.data.Dataset):
     """Views of every slice for stage `locate` or `segment`; train=False gives fixed validation views."""
 
     def __init__(self, samples, stage: str, geometry: StageGeometry, source_spacing_mm: float, seed: int,
-                 view_cfg: ViewConfig = ViewConfig(), aug_cfg: AugmentConfig = AugmentConfig(), train: bool = True):
+                 view_cfg: ViewConfig = ViewConfig(), aug_cfg: AugmentConfig = AugmentConfig(), train: bool = True,
+                 context: int = 0):
         if stage not in ("locate", "segment"):
             raise ValueError(f"stage {stage!r}: choose locate or segment")
         by_case: dict[str, list] = {}
@@ -166,7 +196,7 @@ class StageViews(torch.utils.data.Dataset):
         self.cases = {c: CaseSlices(sorted(v, key=lambda s: s.index), source_spacing_mm) for c, v in by_case.items()}
         self.items = [(c, i) for c, case in self.cases.items() for i in range(len(case.images))]
         self.stage, self.geometry, self.seed, self.train, self.epoch = stage, geometry, seed, train, 0
-        self.view_cfg, self.aug_cfg = view_cfg, aug_cfg
+        self.view_cfg, self.aug_cfg, self.context = view_cfg, aug_cfg, context
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -186,8 +216,9 @@ class StageViews(torch.utils.data.Dataset):
         if self.stage == "locate":
             image, mask = locate_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg)
         elif self.train:
-            image, mask = segment_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg)
+            image, mask = segment_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg, self.context)
         else:
-            image, mask = segment_view(case, i, self.geometry, rng, None, None)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            image, mask = segment_view(case, i, self.geometry, rng, None, None, self.context)
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        return {"image": image if image.ndim == 3 else image[None],
                 "mask": torch.from_numpy(mask.astype(np.int64))}

@@ -28,6 +28,7 @@ class ModelConfig:
     trainable_encoder_stages: int = 0      # 0 frozen, N = last N stages, -1 = all (GPU full fine-tuning)
     init_checkpoint: str | None = None     # start from this ScarNet .safetensors (e.g. the bundled model)
     grid_size: int | None = None           # None: the stage's grid (256 full, 112 locate, 128 segment)
+    in_channels: int = 1                   # segment stage: 3 = the slice between its neighbours (2.5-D)
 
 
 @dataclass

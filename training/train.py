@@ -196,10 +196,14 @@ def run(cfg: TrainConfig, log=print) -> Path:
         f"{len(val_samples)} validation slices ({len(split['validation'])} cases); world size {world}")
 
     mc = cfg.model
+    if mc.in_channels != 1 and (stage != SEGMENT or (cfg.optim.cache_features and mc.encoder != "none"
+                                                      and mc.trainable_encoder_stages == 0)):
+        raise ValueError("model.in_channels > 1 (neighbouring slices) needs data.stage segment with on-the-fly "
+                         "views (encoder none, or optim.cache_features false)")
     grid = mc.grid_size or (STAGE_GEOMETRY[stage].grid_size if stage != "full" else preprocessing.grid_size)
     model_config = ScarNetConfig(encoder=mc.encoder, encoder_checkpoint=mc.encoder_checkpoint,
                                  encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels,
-                                 num_classes=STAGE_CLASSES[stage], grid_size=grid)
+                                 num_classes=STAGE_CLASSES[stage], grid_size=grid, in_channels=mc.in_channels)
     model = ScarNet(model_config)
     if stage != "full":
         geometry = STAGE_GEOMETRY[stage]
@@ -224,9 +228,11 @@ def run(cfg: TrainConfig, log=print) -> Path:
         train_samples, val_samples = (lv_crops(s, geometry, source_spacing) for s in (train_samples, val_samples))
     if stage != "full" and not use_cache:
         views = ViewConfig.from_dict(cfg.views)
-        train_set = StageViews(train_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg)
+        context = mc.in_channels // 2
+        train_set = StageViews(train_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg,
+                               context=context)
         val_set = StageViews(val_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg,
-                             train=False)
+                             train=False, context=context)
     elif use_cache:
         cache_root = out / "feature_cache"
         if main:

@@ -23,6 +23,7 @@ class ScarNetConfig:
     fusion_strides: tuple[int, ...] = (4, 8, 16)
     num_classes: int = NUM_CLASSES
     grid_size: int = 256                       # slices enter the network at grid_size × grid_size
+    in_channels: int = 1                       # 1: the slice; 3: the slice between its two neighbours (2.5-D)
 
     @property
     def has_encoder(self) -> bool:
@@ -48,11 +49,14 @@ class ScarNet(nn.Module):
         super().__init__()
         if config.grid_size % 2 ** (self.LEVELS - 1):
             raise ValueError(f"grid_size must be a multiple of {2 ** (self.LEVELS - 1)}")
+        if config.in_channels < 1 or config.in_channels % 2 == 0:
+            raise ValueError(f"in_channels must be odd (the slice and as many neighbours on each side), "
+                             f"not {config.in_channels}")
         self.config = config
         self.encoder = build_encoder(config.encoder, config.encoder_input_size, config.encoder_checkpoint,
                                      pretrained=pretrained_encoder) if config.has_encoder else None
         widths = [config.base_channels * 2 ** i for i in range(self.LEVELS)]
-        self.down = nn.ModuleList([ConvBlock(1, widths[0])] +
+        self.down = nn.ModuleList([ConvBlock(config.in_channels, widths[0])] +
                                   [ConvBlock(widths[i - 1], widths[i]) for i in range(1, self.LEVELS)])
         self.pool = nn.MaxPool2d(2)
         self.fusion = nn.ModuleDict({
@@ -64,11 +68,15 @@ class ScarNet(nn.Module):
         self.head = nn.Conv2d(widths[0], config.num_classes, 1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Global-context features; cacheable when the encoder is frozen (None without an encoder)."""
-        return self.encoder(image) if self.encoder is not None else None
+        """Global-context features; cacheable when the encoder is frozen (None without an encoder).
+        The encoder sees the slice itself (the middle channel): it was pretrained on single images."""
+        if self.encoder is None:
+            return None
+        middle = image.shape[1] // 2
+        return self.encoder(image[:, middle:middle + 1])
 
     def forward(self, image: torch.Tensor, encoder_features: torch.Tensor | None = None) -> torch.Tensor:
-        """image: [B, 1, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
+        """image: [B, in_channels, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
         if encoder_features is None:
             encoder_features = self.encode(image)
         if encoder_features is not None:
