@@ -212,10 +212,11 @@ def neighbour_step(slice_mm: float | None, params: CascadeParams) -> int:
 
 
 def neighbour_indices(index: np.ndarray, count: int, context: int, step: int = 1) -> np.ndarray:
-    """[n, 2·context + 1] stack positions: each slice between its neighbours `step` slices away;
-    beyond the ends of the stack the nearest end slice stands in."""
-    offsets = np.arange(-context, context + 1) * step
-    return np.clip(np.asarray(index)[:, None] + offsets[None], 0, count - 1)
+    """[n, 2·context + 1] stack positions: each slice between its neighbours `step` slices away; a
+    neighbour beyond the ends of the stack is the slice itself (as in training)."""
+    index = np.asarray(index)[:, None]
+    positions = index + np.arange(-context, context + 1)[None] * step
+    return np.where((positions < 0) | (positions >= count), index, positions)
 
 
 def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device,

@@ -135,6 +135,9 @@ class Segmenter:
         self.preprocessing = PreprocessConfig.from_dict(self.metadata.get("preprocessing", {}))
         self.dtype = autocast_dtype(self.device, precision)
         self.is_cascade = isinstance(self.model, ScarNetCascade)
+        if not self.is_cascade and self.model.config.in_channels != 1:
+            raise CheckpointError(f"{path}: a network that sees neighbouring slices (2.5-D) runs only as stage 2 "
+                                  "of a v2 model; export it with training/export.py --locate")
         self.num_classes = self.model.num_classes if self.is_cascade else self.model.config.num_classes
 
     @property

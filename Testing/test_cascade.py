@@ -216,7 +216,7 @@ def test_a_2_5d_stage_2_sees_the_neighbouring_slices_and_nothing_further():
     assert neighbour_indices(np.array([0, 2, 4]), 5, 1).tolist() == [[0, 0, 1], [1, 2, 3], [3, 4, 4]]
     # neighbours as far apart as in training (10 mm): a thin-slice stack skips slices in between
     assert [neighbour_step(mm, CascadeParams()) for mm in (10.0, 13.0, 8.0, 2.0, None)] == [1, 1, 1, 5, 1]
-    assert neighbour_indices(np.array([2]), 9, 1, step=5).tolist() == [[0, 2, 7]]
+    assert neighbour_indices(np.array([2]), 9, 1, step=5).tolist() == [[2, 2, 7]]
     with pytest.raises(ValueError, match="odd"):
         ScarNet(ScarNetConfig(encoder="none", in_channels=2))
     stack = np.random.default_rng(0).random((5, 96, 96)).astype(np.float32)
@@ -238,3 +238,12 @@ def test_a_2_5d_stage_2_sees_the_neighbouring_slices_and_nothing_further():
         assert torch.allclose(middle(cascade, far), base)
         assert torch.allclose(middle(cascade, near), base) is not reaches_neighbour
 
+
+
+def test_a_lone_2_5d_network_is_refused_as_a_whole_slice_model(tmp_path):
+    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.inference import Segmenter
+    net = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size, in_channels=3))
+    path = save_checkpoint(tmp_path / "stage2.safetensors", net, SEGMENT_GEOMETRY.preprocess())
+    with pytest.raises(CheckpointError, match="--locate"):
+        Segmenter(path, device="cpu")

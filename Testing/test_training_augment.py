@@ -116,7 +116,7 @@ def test_intensity_augmentation_treats_neighbouring_slices_as_one_acquisition():
 
 def test_segment_views_carry_the_neighbouring_slices_through_the_same_crop():
     """Validation views of a 2.5-D stage: channel k is the plain crop of slice i − 1 + k (clamped at
-    the ends), the middle one the slice itself; training views stay in step with the mask."""
+    the ends), the middle one the slice itself; training views have one mask for the three slices."""
     from ScarNetCore.cascade import SEGMENT_GEOMETRY
     from training.cascade_data import StageViews
     from training.data import SliceSample

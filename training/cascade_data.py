@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from ScarNetCore.cascade import StageGeometry, normalize_in_window
+from ScarNetCore.cascade import StageGeometry, neighbour_indices, normalize_in_window
 from ScarNetCore.settings import settings_from_dict
 from .augment import AugmentConfig, augment_intensity, grid_sample_grid
 
@@ -125,9 +125,9 @@ def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg:
 
 
 def _neighbours(case: CaseSlices, index: int, context: int, rng, cfg: ViewConfig | None) -> np.ndarray:
-    """Stack positions of the slice between its neighbours, as inference takes them (clamped at the
-    ends); in training the stack may run either way, and a view may be a lone slice."""
-    positions = np.clip(index + np.arange(-context, context + 1), 0, len(case.images) - 1)
+    """Stack positions of the slice between its neighbours, as inference takes them; in training the
+    stack may also run the other way, and a view may be a lone slice."""
+    positions = neighbour_indices(np.array([index]), len(case.images), context)[0]
     if cfg is not None and context:
         if rng.random() < cfg.p_reverse:
             positions = positions[::-1]
@@ -152,7 +152,7 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     image, mask, inside = _sample(case.images[index], case.masks[index], coords)
     images = []
     for k, position in enumerate(positions):
-        if k == context:
+        if position == index:  # the slice itself (its own neighbour at a stack end): as at inference
             images.append(image)
             continue
         shift = rng.normal(0, cfg.neighbour_shift_mm, 2) / case.spacing if cfg is not None else np.zeros(2)
