@@ -21,7 +21,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from .model import ScarNet
+from .model import ScarNet, middle_channels
 from .preprocessing import GridMapping, PreprocessConfig, normalize_intensity
 from .settings import settings_from_dict
 
@@ -98,12 +98,9 @@ class SegmentEnsemble(nn.Module):
         return replace(self.members[0].config, in_channels=max(m.config.in_channels for m in self.members))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        middle = image.shape[1] // 2
-        probs = []
-        for net in self.members:
-            context = net.config.in_channels // 2
-            probs.append(torch.softmax(net(image[:, middle - context:middle + context + 1]).float(), 1))
-        return torch.log(torch.stack(probs).mean(0).clamp_min(1e-12))
+        mean = torch.stack([torch.softmax(net(middle_channels(image, net.config.in_channels)).float(), 1)
+                            for net in self.members]).mean(0)
+        return torch.log(mean.clamp_min(1e-12))
 
 
 class ScarNetCascade(nn.Module):

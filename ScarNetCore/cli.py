@@ -263,8 +263,8 @@ def _describe(model, indent: str) -> None:
         model(torch.zeros(1, model.config.in_channels, grid, grid))
     flops = counter.get_total_flops()
     encoder = f"{model.config.encoder} (input {model.encoder.input_size} px)" if model.encoder is not None else "none"
-    context = ", input: the slice between its two neighbours (2.5-D)" if model.config.in_channels == 3 else \
-        f", input: {model.config.in_channels} slices" if model.config.in_channels > 1 else ""
+    channels = model.config.in_channels
+    context = f", input: {channels} slices, the slice between its neighbours (2.5-D)" if channels > 1 else ""
     print(f"{indent}encoder {encoder}, grid {grid}×{grid}{context}")
     print(f"{indent}parameters: {counts['total']:,} total = {counts['encoder']:,} encoder + "
           f"{counts['unet_fusion_decoder']:,} U-Net/fusion/decoder")

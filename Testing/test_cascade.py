@@ -239,7 +239,6 @@ def test_a_2_5d_stage_2_sees_the_neighbouring_slices_and_nothing_further():
         assert torch.allclose(middle(cascade, near), base) is not reaches_neighbour
 
 
-
 def test_a_lone_2_5d_network_is_refused_as_a_whole_slice_model(tmp_path):
     from ScarNetCore.checkpoint import save_checkpoint
     from ScarNetCore.inference import Segmenter

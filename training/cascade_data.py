@@ -139,12 +139,11 @@ def _neighbours(case: CaseSlices, index: int, context: int, rng, cfg: ViewConfig
 def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig | None,
                  aug: AugmentConfig | None, context: int = 0):
     """cfg None: the unaugmented crop at the case's LV centre (validation). context: neighbours on each
-    side as extra channels (2.5-D): the image is then [2·context + 1, g, g], else [g, g]."""
+    side as extra channels (2.5-D). Returns the image [2·context + 1, g, g] and the mask [g, g]."""
     g = geometry.grid_size
-    channels = 2 * context + 1
     if cfg is not None and rng.random() < cfg.p_negative_segment:
-        noise = np.stack([synthetic_negative((g, g), rng) for _ in range(channels)])
-        return augment_intensity(noise if context else noise[0], rng, aug), np.zeros((g, g), np.uint8)
+        noise = np.stack([synthetic_negative((g, g), rng) for _ in range(2 * context + 1)])
+        return augment_intensity(noise, rng, aug), np.zeros((g, g), np.uint8)
     positions = _neighbours(case, index, context, rng, cfg)
     matrix = _pose(rng, cfg) if cfg is not None else np.eye(2)
     centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
@@ -167,7 +166,7 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     image = np.stack([normalize_in_window(c, inside) for c in image])
     if aug is not None:
         image = augment_intensity(image, rng, aug) * inside
-    return (image if context else image[0]), mask
+    return image, mask
 
 
 def lv_crops(samples, geometry: StageGeometry, source_spacing_mm: float) -> list:
@@ -220,5 +219,5 @@ class StageViews(torch.utils.data.Dataset):
         else:
             image, mask = segment_view(case, i, self.geometry, rng, None, None, self.context)
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        return {"image": image if image.ndim == 3 else image[None],
+        return {"image": image if image.ndim == 3 else image[None],  # locate views are one plane
                 "mask": torch.from_numpy(mask.astype(np.int64))}

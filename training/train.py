@@ -196,10 +196,6 @@ def run(cfg: TrainConfig, log=print) -> Path:
         f"{len(val_samples)} validation slices ({len(split['validation'])} cases); world size {world}")
 
     mc = cfg.model
-    if mc.in_channels != 1 and (stage != SEGMENT or (cfg.optim.cache_features and mc.encoder != "none"
-                                                      and mc.trainable_encoder_stages == 0)):
-        raise ValueError("model.in_channels > 1 (neighbouring slices) needs data.stage segment with on-the-fly "
-                         "views (encoder none, or optim.cache_features false)")
     grid = mc.grid_size or (STAGE_GEOMETRY[stage].grid_size if stage != "full" else preprocessing.grid_size)
     model_config = ScarNetConfig(encoder=mc.encoder, encoder_checkpoint=mc.encoder_checkpoint,
                                  encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels,
@@ -222,6 +218,9 @@ def run(cfg: TrainConfig, log=print) -> Path:
     aug_cfg = AugmentConfig.from_dict(cfg.augment)
     use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0 and model.encoder is not None \
         and stage != LOCATE
+    if mc.in_channels != 1 and (stage != SEGMENT or use_cache):
+        raise ValueError("model.in_channels > 1 (neighbouring slices) needs data.stage segment with on-the-fly "
+                         "views (encoder none, or optim.cache_features false)")
     source_spacing = PreprocessConfig().target_spacing_mm  # the reader's grid, from which stage views are drawn
     if stage == SEGMENT and use_cache:
         # the hybrid on CPU: cache the encoder's view of each LV crop, augment views as in the full recipe

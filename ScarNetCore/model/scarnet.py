@@ -42,6 +42,13 @@ class ScarNetConfig:
 NO_ENCODER = "none"
 
 
+def middle_channels(image: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` channels around the middle one of [B, C, H, W]: the slice itself (count 1), or the
+    slice with its nearest neighbours, for a network that takes fewer slices than it is given."""
+    middle, half = image.shape[1] // 2, count // 2
+    return image[:, middle - half:middle + half + 1]
+
+
 class ScarNet(nn.Module):
     LEVELS = 5  # strides 1, 2, 4, 8, 16
 
@@ -70,10 +77,7 @@ class ScarNet(nn.Module):
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Global-context features; cacheable when the encoder is frozen (None without an encoder).
         The encoder sees the slice itself (the middle channel): it was pretrained on single images."""
-        if self.encoder is None:
-            return None
-        middle = image.shape[1] // 2
-        return self.encoder(image[:, middle:middle + 1])
+        return self.encoder(middle_channels(image, 1)) if self.encoder is not None else None
 
     def forward(self, image: torch.Tensor, encoder_features: torch.Tensor | None = None) -> torch.Tensor:
         """image: [B, in_channels, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
