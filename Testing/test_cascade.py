@@ -149,9 +149,12 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path, capsys):
 
     v2 = save_cascade(tmp_path / "v2.safetensors", _small_cascade(min_scar_ml=2.0, low_confidence=0.9), name="t")
     stages = []
+    cases = [{"train": ["A", "B"], "validation": ["V"], "test": ["T"]},      # selected on V
+             {"train": ["A", "B", "V"], "validation": ["V"], "test": ["T"]}]  # a refit: V trained on
     for i, net in enumerate(members):
         stages.append(save_checkpoint(tmp_path / f"member{i}.safetensors", net, SEGMENT_GEOMETRY.preprocess(),
-                                      training_config={"member": i}))
+                                      training_config={"member": i},
+                                      training_data={"root": "r", "layout": "slices", "cases": cases[i]}))
     target = tmp_path / "ensemble.safetensors"
     assert export_main([*map(str, stages), str(target), "--name", "ens", "--licence", "test", "--locate", str(v2),
                         "--cascade", "min_scar_ml=0.5"]) == 0
@@ -159,6 +162,7 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path, capsys):
     assert isinstance(loaded.segment, SegmentEnsemble) and len(loaded.segment.members) == 2
     assert [m["base_channels"] for m in meta["stages"]["segment"]["members"]] == [4, 8]
     assert meta["member_training_configs"] == [{"member": 0}, {"member": 1}] and loaded.params.min_scar_ml == 0.5
+    assert meta["training_data"]["cases"] == {"train": ["A", "B", "V"], "validation": ["V"], "test": ["T"]}
     assert loaded.params.low_confidence == 0.9 and "validation" not in meta["metrics"]  # v2 file's, --cascade on top
     source_v2, _ = load_checkpoint(v2)
     ours, theirs = source_v2.locate.state_dict(), loaded.locate.state_dict()

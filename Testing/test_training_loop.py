@@ -112,6 +112,24 @@ def test_init_checkpoint_starts_from_its_weights(workspace, reference_run):
                                       f"output_dir={out.parent / 'init_mismatch'}"]))
 
 
+def test_refit_trains_on_the_validation_cases_and_ships_the_last_epoch(workspace):
+    """data.refit: the final fit of a chosen recipe on train ∪ validation (here a 2.5-D stage 2, on-the-fly
+    views, no encoder): its checkpoint records the validation case as trained on, and nothing is 'best'."""
+    root, split = workspace
+    out = root / "refit"
+    config = tiny_config(out, split, epochs=1, cache_features=False)
+    config["data"]["stage"], config["data"]["refit"] = "segment", True
+    config["model"] = {"encoder": "none", "base_channels": 4, "in_channels": 3}
+    final = run(TrainConfig.from_dict(config))
+    assert final == out / "last.safetensors" and not (out / "best.safetensors").exists()
+    _, meta = load_checkpoint(final)
+    assert meta["training_data"]["cases"]["train"] == ["Case_P043", "Case_P044"]
+    assert meta["training_config"]["data"]["refit"] is True and len(read_log(out)) == 1
+    config["data"]["folds"], config["data"]["split_file"] = 5, None
+    with pytest.raises(ValueError, match="refit needs a split_file"):
+        run(TrainConfig.from_dict(config))
+
+
 def test_resume_after_kill_matches_uninterrupted_run(workspace, reference_run):
     out, config = new_run(workspace, "killed")
     command = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(config)]

@@ -126,11 +126,12 @@ def main(argv=None) -> int:
                 if precision != "fp32" and "fp32" in labels:
                     row["agree"] = 100.0 * float((labels[precision] == labels["fp32"]).mean())
                 rows.append(row)
-        print(f"{'model':<8}{'precision':<10}{'autocast':<10}{'seconds':>9}{'slices/s':>10}{'peak RSS MB':>13}"
+        width = max([8] + [len(r["model"]) + 2 for r in rows])  # a model given as a path still lines up
+        print(f"{'model':<{width}}{'precision':<10}{'autocast':<10}{'seconds':>9}{'slices/s':>10}{'peak RSS MB':>13}"
               f"{'numpy peak MB':>15}{'voxels = fp32':>15}")
         for r in rows:
             agree = f"{r['agree']:.3f} %" if "agree" in r else "-"
-            print(f"{r['model']:<8}{r['precision']:<10}{r['autocast']:<10}{r['seconds']:>9.2f}{r['slices_per_s']:>10.2f}"
+            print(f"{r['model']:<{width}}{r['precision']:<10}{r['autocast']:<10}{r['seconds']:>9.2f}{r['slices_per_s']:>10.2f}"
                   f"{r['ru_maxrss_mb']:>13.0f}{r['numpy_peak_mb']:>15.1f}{agree:>15}")
         if rows:
             print(f"torch threads: {rows[0]['threads']}")

@@ -17,6 +17,7 @@ class DataConfig:
     label_map: dict | None = None          # e.g. {5: 3} for a dataset whose scar label is 5
     max_slices: int | None = None          # cap (smoke tests); None = all
     stage: str = "full"                    # full: v1 whole-slice network | locate / segment: a cascade stage (v2)
+    refit: bool = False                    # final fit on train ∪ validation with a recipe chosen before; ship last.safetensors
 
 
 @dataclass

@@ -7,7 +7,8 @@ Model v2 (cascade): SOURCE is the segment stage, --locate the locate stage (its 
 file whose locate stage and cascade settings are reused); both go into one file with each stage's geometry and the cascade
 settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams). Several SOURCEs make an ensemble
 stage 2 whose probabilities are averaged (ScarNetCore.cascade.SegmentEnsemble); they must share the
-crop geometry. Metadata other than the metrics comes from the first SOURCE.
+crop geometry. Metadata other than the metrics comes from the first SOURCE, except the training
+cases: an ensemble records the union of its members' cases (a refit member's train holds validation).
 """
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
             all_metrics.pop("validation", None)
             all_metrics["member_validation"] = [m.get("metrics", {}).get("validation") for _, m in loaded]
             release["member_training_configs"] = [m.get("training_config") for _, m in loaded]
+            release.pop("training_data", None)   # the first member's cases are not the ensemble's
+            union = _union_of_cases([m.get("training_data") for _, m in loaded])
+            if union:
+                release["training_data"] = union
         locator, locate_meta = load_checkpoint(locate)
         settings = {}
         if isinstance(locator, ScarNetCascade):  # reuse a v2 file's stage 1 and settings (--cascade on top)
@@ -71,6 +76,17 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
     with atomic_path(target.with_suffix(".sha256")) as tmp:
         tmp.write_text(f"{digest}  {target.name}\n")
     return digest
+
+
+def _union_of_cases(records: list[dict | None]) -> dict | None:
+    """One training-data record for an ensemble: each subset's cases over all members, first seen first."""
+    if not records or any(r is None for r in records):
+        return None
+    cases = {}
+    for record in records:
+        for subset, ids in record["cases"].items():
+            cases[subset] = list(dict.fromkeys(cases.get(subset, []) + list(ids)))
+    return {**records[0], "cases": cases}
 
 
 def main(argv=None):

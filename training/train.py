@@ -4,7 +4,8 @@ Single process, or several under `torchrun --nproc_per_node=N` (DistributedDataP
 CPU, NCCL on GPU). A checkpoint of the full training state is written atomically after every epoch;
 rerunning the same command resumes from it, so a killed run loses at most the epoch in progress.
 The model selected on the validation split (never the test split) is exported as
-`best.safetensors` in the one ScarNet checkpoint format.
+`best.safetensors` in the one ScarNet checkpoint format; a refit (data.refit) trains on train ∪ validation
+with a recipe chosen before and ships the last epoch, `last.safetensors`.
 """
 from __future__ import annotations
 
@@ -69,7 +70,12 @@ def split_cases(cfg: TrainConfig) -> dict[str, list[str]]:
     d = cfg.data
     if d.split_file:
         split = json.loads(Path(d.split_file).read_text())
-        return {k: split.get(k, []) for k in ("train", "validation", "test")}
+        split = {k: split.get(k, []) for k in ("train", "validation", "test")}
+        if d.refit:  # the validation cases join training; their score is still logged but selects nothing
+            split["train"] = split["train"] + split["validation"]
+        return split
+    if d.refit:
+        raise ValueError("data.refit needs a split_file (k-fold runs keep their held-out fold)")
     if not d.folds:
         raise ValueError("data: give split_file or folds")
     cases = case_ids(d.root, d.layout)
@@ -332,7 +338,7 @@ def run(cfg: TrainConfig, log=print) -> Path:
                    **{f"val_{k}": round(v, 4) for k, v in metrics.items()}, "lr": scheduler.get_last_lr()[0],
                    "seconds": round(seconds, 1)}
             history.append(row)
-            if score > best_score:
+            if score > best_score and not cfg.data.refit:  # a refit trained on validation: nothing to select
                 best_score = float(score)
                 save_checkpoint(out / "best.safetensors", model, preprocessing,
                                 metrics={"validation": {**metrics, "epoch": epoch + 1}}, **meta)
@@ -353,7 +359,7 @@ def run(cfg: TrainConfig, log=print) -> Path:
             dist.barrier()
     if world > 1:
         dist.destroy_process_group()
-    return out / "best.safetensors"
+    return out / ("last.safetensors" if cfg.data.refit else "best.safetensors")
 
 
 def _tensorboard(out: Path):
@@ -380,7 +386,7 @@ def main(argv=None):
     cfg = TrainConfig.load(args.config, args.set)
     best = run(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"best model: {best}")
+        print(f"{'final' if cfg.data.refit else 'best'} model: {best}")
     return 0
 
 
