@@ -150,7 +150,7 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     coords, _, _ = _coords(geometry, matrix, centre, case.spacing)
     image, mask, inside = _sample(case.images[index], case.masks[index], coords)
     images = []
-    for k, position in enumerate(positions):
+    for position in positions:
         if position == index:  # the slice itself (its own neighbour at a stack end): as at inference
             images.append(image)
             continue
