@@ -1,12 +1,13 @@
 """Model v2: find the LV, then segment a fine crop around it.
 
-Stage 1 (locate) sees each whole slice at a coarse spacing (4 mm/pixel, a 448 mm field of view) and
+Stage 1 (locate) sees each whole slice at a coarse spacing (2 mm/pixel, a 448 mm field of view) and
 gives the probability that a pixel is LV (blood pool or myocardium). The stack's LV is the 3-D
 connected component carrying the most probability, so one centre serves every slice and spurious
 blobs on single slices are ignored. Slices the component does not reach get no stage-2 work.
-Stage 1 works at 4 mm/pixel, so its centre can be off by a few centimetres; stage 2 sees the LV
-within its 160 mm crop all the same, and a first stage-2 pass re-centres the crop on the LV it
-finds (`refine_passes`) before the final one.
+Stage 1 is small and coarse, so its centre can be off by a few centimetres; stage 2 sees the LV
+within its 160 mm crop all the same, and stage-2 passes without test-time views re-centre the crop
+on the LV they find (`refine_passes`; a pass that moves it less than `refine_stop_mm` ends them)
+before the final one. When stage 1 is far off, each pass sees more of the LV than the one before.
 Stage 2 (segment) sees a fixed-size crop at a fine spacing centred on that LV, intensity-normalised
 over the part of the crop that lies in the image, so the result does not depend on how much chest,
 air or padding the user's field of view holds. Probabilities go back to the native grid through
@@ -51,7 +52,7 @@ class StageGeometry:
         return settings_from_dict(cls, data, "stage geometry")
 
 
-LOCATE_GEOMETRY = StageGeometry(spacing_mm=4.0, grid_size=112)     # 448 mm: any cardiac field of view
+LOCATE_GEOMETRY = StageGeometry(spacing_mm=2.0, grid_size=224)     # 448 mm: any cardiac field of view
 SEGMENT_GEOMETRY = StageGeometry(spacing_mm=1.25, grid_size=128)   # 160 mm: the LV with a margin for jitter
 
 
@@ -64,7 +65,8 @@ class CascadeParams:
     low_confidence: float = 0.8        # mean top-class probability over the predicted LV below this: flag
     flip_tta: bool = True              # stage 2 averages the identity and two flips
     rot90_tta: bool = False            # with flip_tta: all 8 rotations by 90° and their mirror images
-    refine_passes: int = 1             # re-centre the crop on stage 2's own LV before the final pass
+    refine_passes: int = 1             # re-centre the crop on stage 2's own LV before the final pass, up to this often
+    refine_stop_mm: float = 0.0        # ... stopping once a pass moves the centre less than this (0: every pass)
     neighbour_mm: float = 10.0         # 2.5-D stage 2: its neighbours are the slices nearest this far away
 
     def to_dict(self) -> dict:
@@ -174,6 +176,16 @@ def _tta(net: ScarNet, batch: torch.Tensor, params: CascadeParams | None) -> tor
         p = torch.rot90(p.flip(-1) if mirror else p, -k, (-2, -1))  # back to the crop's orientation
         probs = p if probs is None else probs + p
     return probs / len(views)
+
+
+def whole_image_location(shape, spacing_mm, cascade: "ScarNetCascade", count: int) -> LVLocation | None:
+    """When stage 1 finds no LV in an image that fits in one stage-2 crop (a user's crop to the heart),
+    stage 2 looks at all of it and decides: stage 2 is trained on such crops, stage 1 has nothing to choose.
+    None when the image is larger than the crop."""
+    geometry = cascade.geometry[SEGMENT]
+    if any(n * s > geometry.grid_size * geometry.spacing_mm for n, s in zip(shape, spacing_mm)):
+        return None
+    return LVLocation(True, tuple((n - 1) / 2 for n in shape), np.ones(count, bool))
 
 
 def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, autocast, batch_size: int) -> LVLocation:

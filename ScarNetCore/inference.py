@@ -17,7 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cascade import ScarNetCascade, locate_lv, neighbour_step, refine_centre, segment_crops
+from .cascade import (ScarNetCascade, locate_lv, neighbour_step, refine_centre, segment_crops,
+                      whole_image_location)
 from .checkpoint import load_checkpoint
 from .errors import Cancelled, CheckpointError
 from .io import validate_image
@@ -113,6 +114,14 @@ class _Collector:
         if self.probabilities is not None:
             self.probabilities[index] = probs.numpy()
 
+    def clear(self) -> None:
+        """Nothing found after all: every slice background."""
+        self.labels[:] = 0
+        if self.probabilities is not None:
+            self.probabilities[:] = 0
+            self.probabilities[:, 0] = 1
+        self.lv_pixels, self._top_sum = 0, 0.0
+
     @property
     def lv_confidence(self) -> float:
         """Mean top-class probability over the pixels labelled LV (blood pool or myocardium)."""
@@ -207,10 +216,12 @@ class Segmenter:
         total = len(slices)
         self._check_cancel(cancel)
         location = locate_lv(self.model, slices, spacing, self.device, self._autocast, batch_size)
-        if not location.found:
+        whole = None if location.found else whole_image_location(slices.shape[-2:], spacing, self.model, total)
+        if not (location.found or whole):
             if progress:
                 progress(total, total)
             return ["no_lv_found"]
+        location = location if location.found else whole
         flags = ["lv_at_image_edge"] if location.at_edge else []
         todo = np.flatnonzero(location.slices)
         done = total - len(todo)
@@ -218,8 +229,10 @@ class Segmenter:
         step = neighbour_step(slice_mm, self.model.params)
         for _ in range(self.model.params.refine_passes):
             self._check_cancel(cancel)
-            centre = refine_centre(self.model, slices, todo, spacing, centre, self.device, self._autocast, batch_size,
-                                   step)
+            previous, centre = centre, refine_centre(self.model, slices, todo, spacing, centre, self.device,
+                                                     self._autocast, batch_size, step)
+            if np.hypot(*((np.subtract(centre, previous)) * spacing)) < self.model.params.refine_stop_mm:
+                break
         for start in range(0, len(todo), batch_size):
             self._check_cancel(cancel)
             index = todo[start:start + batch_size]
@@ -229,8 +242,12 @@ class Segmenter:
                 progress(done + start + len(index), total)
         if progress and not len(todo):
             progress(total, total)
+        if whole and out.lv_confidence < self.model.params.low_confidence:
+            out.clear()    # neither stage is sure there is a heart: say so rather than guess
         if out.lv_pixels == 0:
             return ["no_lv_found"]
+        if whole and (out.labels[:, [0, -1]].any() or out.labels[:, :, [0, -1]].any()):
+            flags.append("lv_at_image_edge")
         if out.lv_confidence < self.model.params.low_confidence:
             flags.append("low_confidence")
         return flags

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from ScarNetCore.cascade import (LOCATE_GEOMETRY, SEGMENT_GEOMETRY, CascadeParams, ScarNetCascade, find_lv,
-                                 normalize_in_window)
+                                 normalize_in_window, whole_image_location)
 from ScarNetCore.checkpoint import load_checkpoint, save_cascade
 from ScarNetCore.errors import CheckpointError
 from ScarNetCore.model import ScarNet, ScarNetConfig
@@ -250,3 +250,60 @@ def test_a_lone_2_5d_network_is_refused_as_a_whole_slice_model(tmp_path):
     path = save_checkpoint(tmp_path / "stage2.safetensors", net, SEGMENT_GEOMETRY.preprocess())
     with pytest.raises(CheckpointError, match="--locate"):
         Segmenter(path, device="cpu")
+
+
+def test_recentring_stops_once_the_centre_settles(tmp_path, positive_image, monkeypatch):
+    """The bundled model started 50 mm off the LV: re-centring walks back to it and stops once a pass
+    moves the centre less than refine_stop_mm; with 0 it runs every pass."""
+    from dataclasses import replace
+    from ScarNetCore import inference
+    from ScarNetCore.resources import default_model_path
+    cascade, meta = load_checkpoint(default_model_path())
+    true_locate = inference.locate_lv
+    centres = []
+
+    def off_centre_locate(*args, **kwargs):   # the real stage 1, its centre moved 50 mm along the rows
+        location = true_locate(*args, **kwargs)
+        location.centre = (location.centre[0] + 50 / positive_image.GetSpacing()[1], location.centre[1])
+        centres.append(location.centre)
+        return location
+
+    def recording_refine(*args, **kwargs):
+        centres.append(true_refine(*args, **kwargs))
+        return centres[-1]
+
+    true_refine = inference.refine_centre
+    monkeypatch.setattr(inference, "locate_lv", off_centre_locate)
+    monkeypatch.setattr(inference, "refine_centre", recording_refine)
+    moves = []
+    for stop_mm in (2.0, 0.0):
+        cascade.params = replace(cascade.params, refine_passes=5, refine_stop_mm=stop_mm, rot90_tta=False)
+        path = save_cascade(tmp_path / f"stop{stop_mm}.safetensors", cascade, name="t")
+        centres.clear()
+        inference.Segmenter(path, device="cpu", precision="fp32").segment(positive_image[:, :, 2:5])
+        spacing = np.array(positive_image.GetSpacing()[1::-1])
+        moves.append([float(np.hypot(*((np.subtract(b, a)) * spacing))) for a, b in zip(centres, centres[1:])])
+    settled, every = moves
+    assert settled[0] > 25 and settled[-1] < 2.0 and len(settled) < 5    # it walked back, then stopped
+    assert len(every) == 5 and every[:len(settled)] == pytest.approx(settled)
+
+
+def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_slab):
+    """Stage 1 finding nothing (threshold 0.999) in an image that fits in the 160 mm crop: stage 2 sees
+    all of it; what it finds is kept when it is confident, else the result is empty and says no LV.
+    An image larger than the crop still stops at stage 1."""
+    from ScarNetCore.inference import Segmenter
+    small, large = positive_slab[60:160, 60:160, :], positive_slab        # 141 mm and 349 mm wide
+    assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2).centre == (49.5, 49.5)
+    assert whole_image_location((100, 120), (1.41, 1.41), _small_cascade(), 2) is None
+    kept = Segmenter(save_cascade(tmp_path / "kept.safetensors", _small_cascade(lv_threshold=0.999, low_confidence=0.0),
+                                  name="t"), device="cpu", precision="fp32")
+    result = kept.segment(small)
+    assert "no_lv_found" not in result.qc_flags and sitk.GetArrayFromImage(result.labels).any()
+    assert kept.segment(large).qc_flags == ["no_lv_found"]
+    doubtful = Segmenter(save_cascade(tmp_path / "doubt.safetensors",
+                                      _small_cascade(lv_threshold=0.999, low_confidence=1.0), name="t"),
+                         device="cpu", precision="fp32")
+    result = doubtful.segment(small, return_probabilities=True)
+    assert result.qc_flags == ["no_lv_found"] and not sitk.GetArrayFromImage(result.labels).any()
+    assert np.all(sitk.GetArrayFromImage(result.probabilities)[..., 0] == 1)

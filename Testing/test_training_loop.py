@@ -130,6 +130,22 @@ def test_refit_trains_on_the_validation_cases_and_ships_the_last_epoch(workspace
         run(TrainConfig.from_dict(config))
 
 
+def test_a_stage_trained_at_its_own_spacing_records_that_geometry(workspace):
+    """model.spacing_mm / grid_size: a locate stage at 2 mm on a 224 grid (448 mm) draws its views there
+    and its checkpoint says so, which is what inference resamples to; the full-slice model refuses it."""
+    root, split = workspace
+    out = root / "locate_2mm"
+    config = tiny_config(out, split, epochs=1, cache_features=False)
+    config["data"]["stage"] = "locate"
+    config["model"] = {"encoder": "none", "base_channels": 4, "spacing_mm": 2.0, "grid_size": 224}
+    net, meta = load_checkpoint(run(TrainConfig.from_dict(config)))
+    assert net.config.grid_size == 224 and net.config.num_classes == 2
+    assert meta["preprocessing"]["target_spacing_mm"] == 2.0 and meta["preprocessing"]["grid_size"] == 224
+    config["data"]["stage"], config["output_dir"] = "full", str(root / "full_2mm")
+    with pytest.raises(ValueError, match="spacing_mm"):
+        run(TrainConfig.from_dict(config))
+
+
 def test_resume_after_kill_matches_uninterrupted_run(workspace, reference_run):
     out, config = new_run(workspace, "killed")
     command = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(config)]

@@ -28,7 +28,8 @@ class ModelConfig:
     base_channels: int = 16
     trainable_encoder_stages: int = 0      # 0 frozen, N = last N stages, -1 = all (GPU full fine-tuning)
     init_checkpoint: str | None = None     # start from this ScarNet .safetensors (e.g. the bundled model)
-    grid_size: int | None = None           # None: the stage's grid (256 full, 112 locate, 128 segment)
+    grid_size: int | None = None           # None: the stage's grid (256 full, 224 locate, 128 segment)
+    spacing_mm: float | None = None        # cascade stage: None: the stage's spacing (2 mm locate, 1.25 mm segment)
     in_channels: int = 1                   # segment stage: 3 = the slice between its neighbours (2.5-D)
 
 

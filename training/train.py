@@ -208,9 +208,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
                                  num_classes=STAGE_CLASSES[stage], grid_size=grid, in_channels=mc.in_channels)
     model = ScarNet(model_config)
     if stage != "full":
-        geometry = STAGE_GEOMETRY[stage]
-        if grid != geometry.grid_size:
-            geometry = dataclasses.replace(geometry, grid_size=grid)
+        geometry = dataclasses.replace(STAGE_GEOMETRY[stage], grid_size=grid,
+                                       spacing_mm=mc.spacing_mm or STAGE_GEOMETRY[stage].spacing_mm)
         preprocessing = geometry.preprocess()  # recorded in the stage checkpoint
     state_path = out / STATE_FILE
     if mc.init_checkpoint and not state_path.is_file():  # a resumed run continues from its own state instead
@@ -224,6 +223,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
     aug_cfg = AugmentConfig.from_dict(cfg.augment)
     use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0 and model.encoder is not None \
         and stage != LOCATE
+    if mc.spacing_mm and stage == "full":
+        raise ValueError("model.spacing_mm sets a cascade stage's spacing; the full-slice model uses the reader's grid")
     if mc.in_channels != 1 and (stage != SEGMENT or use_cache):
         raise ValueError("model.in_channels > 1 (neighbouring slices) needs data.stage segment with on-the-fly "
                          "views (encoder none, or optim.cache_features false)")
