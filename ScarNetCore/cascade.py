@@ -65,8 +65,8 @@ class CascadeParams:
     low_confidence: float = 0.8        # mean top-class probability over the predicted LV below this: flag
     flip_tta: bool = True              # stage 2 averages the identity and two flips
     rot90_tta: bool = False            # with flip_tta: all 8 rotations by 90° and their mirror images
-    refine_passes: int = 1             # re-centre the crop on stage 2's own LV before the final pass, up to this often
-    refine_stop_mm: float = 0.0        # ... stopping once a pass moves the centre less than this (0: every pass)
+    refine_passes: int = 3             # re-centre the crop on stage 2's own LV before the final pass, up to this often
+    refine_stop_mm: float = 2.0        # ... stopping once a pass moves the centre less than this (0: every pass)
     neighbour_mm: float = 10.0         # 2.5-D stage 2: its neighbours are the slices nearest this far away
 
     def to_dict(self) -> dict:

@@ -190,6 +190,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
     stage = cfg.data.stage
     if stage not in STAGE_CLASSES:
         raise ValueError(f"data.stage {stage!r}: choose full, {LOCATE} or {SEGMENT}")
+    if cfg.model.spacing_mm and stage == "full":
+        raise ValueError("model.spacing_mm sets a cascade stage's spacing; the full-slice model uses the reader's grid")
     # cascade stages draw their views from slices on the v1 grid (1.25 mm, 320 mm) at run time
     preprocessing = PreprocessConfig()
     split = split_cases(cfg)
@@ -223,8 +225,6 @@ def run(cfg: TrainConfig, log=print) -> Path:
     aug_cfg = AugmentConfig.from_dict(cfg.augment)
     use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0 and model.encoder is not None \
         and stage != LOCATE
-    if mc.spacing_mm and stage == "full":
-        raise ValueError("model.spacing_mm sets a cascade stage's spacing; the full-slice model uses the reader's grid")
     if mc.in_channels != 1 and (stage != SEGMENT or use_cache):
         raise ValueError("model.in_channels > 1 (neighbouring slices) needs data.stage segment with on-the-fly "
                          "views (encoder none, or optim.cache_features false)")
