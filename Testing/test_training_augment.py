@@ -137,3 +137,26 @@ def test_segment_views_carry_the_neighbouring_slices_through_the_same_crop():
         view = train[i]
         assert view["image"].shape == (3, SEGMENT_GEOMETRY.grid_size, SEGMENT_GEOMETRY.grid_size)
         assert view["mask"].shape == (SEGMENT_GEOMETRY.grid_size, SEGMENT_GEOMETRY.grid_size)
+
+
+def test_locate_views_mostly_frame_the_heart_near_the_middle():
+    """Stage-1 views: in most the LV lies near the middle of the field of view, as a scanner frames
+    it; in some it is anywhere, partly or wholly outside (p_heart_anywhere)."""
+    from ScarNetCore.cascade import LOCATE_GEOMETRY
+    from training.cascade_data import StageViews, ViewConfig
+    from training.data import SliceSample
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:256, :256]
+    lv = ((yy - 128) ** 2 + (xx - 128) ** 2 < 24 ** 2).astype(np.uint8)
+    samples = [SliceSample("Case_X", i, ndimage.gaussian_filter(rng.random((256, 256)), 2).astype(np.float32), lv)
+               for i in range(2)]
+    views = StageViews(samples, "locate", LOCATE_GEOMETRY, 1.25, seed=0, view_cfg=ViewConfig(p_negative=0))
+    near, far = 0, 0
+    middle = (LOCATE_GEOMETRY.grid_size - 1) / 2
+    for epoch in range(200):
+        views.set_epoch(epoch)
+        mask = views[epoch % 2]["mask"].numpy()
+        offset_mm = np.abs(np.array(ndimage.center_of_mass(mask)) - middle) * LOCATE_GEOMETRY.spacing_mm \
+            if mask.any() else np.array([np.inf])
+        near, far = near + bool(offset_mm.max() <= 90), far + bool(offset_mm.max() > 90)
+    assert near >= 0.7 * 200 and far >= 0.05 * 200

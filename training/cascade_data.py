@@ -33,6 +33,7 @@ from .augment import AugmentConfig, augment_intensity, grid_sample_grid
 class ViewConfig:
     fov_mm: tuple[float, float] = (80.0, 450.0)   # locate: simulated field of view (side)
     p_negative: float = 0.12                      # locate: synthetic non-cardiac input, empty target
+    p_heart_anywhere: float = 0.25                # locate: the LV anywhere (else in the middle 40 % of the view)
     jitter_mm: float = 12.0                       # segment: crop-centre jitter (sd), ~ localisation error
     scale: tuple[float, float] = (0.8, 1.25)      # zoom: covers the pixel-spacing spread of the PNG export
     p_flip: float = 0.5
@@ -110,8 +111,11 @@ def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg:
     if rng.random() < cfg.p_negative:
         return augment_intensity(synthetic_negative((g, g), rng), rng, aug), np.zeros((g, g), np.uint8)
     fov = rng.uniform(*cfg.fov_mm) * np.array([1.0, rng.uniform(0.75, 1.0)])[rng.permutation(2)]
-    # where the LV lies in the field of view: anywhere, sometimes partly or wholly outside it
-    lv_offset_mm = rng.uniform(-0.6, 0.6, 2) * fov
+    # where the LV lies in the field of view: mostly near its middle, as a scanner frames the heart;
+    # sometimes anywhere, partly or wholly outside it (always anywhere up to v2.4: most views then
+    # showed the LV at the edge of a small patch of image, unlike what inference sees)
+    spread = 0.6 if rng.random() < cfg.p_heart_anywhere else 0.2
+    lv_offset_mm = rng.uniform(-spread, spread, 2) * fov
     matrix = _pose(rng, cfg)
     centre = case.centre - matrix @ lv_offset_mm / case.spacing
     coords, yy, xx = _coords(geometry, matrix, centre, case.spacing)
