@@ -99,11 +99,8 @@ class _Collector:
 
     def __init__(self, shape, num_classes: int, keep_probabilities: bool):
         self.labels = np.zeros(shape, np.uint8)
-        self.probabilities = None
-        if keep_probabilities:
-            self.probabilities = np.zeros((shape[0], num_classes, *shape[1:]), np.float32)
-            self.probabilities[:, 0] = 1  # background where no slice result arrives (v2: slices without LV)
-        self.lv_pixels, self._top_sum = 0, 0.0
+        self.probabilities = np.empty((shape[0], num_classes, *shape[1:]), np.float32) if keep_probabilities else None
+        self.clear()  # background where no slice result arrives (v2: slices without LV)
 
     def put(self, index: np.ndarray, probs: torch.Tensor) -> None:
         top, labels = probs.max(dim=1)
@@ -115,7 +112,7 @@ class _Collector:
             self.probabilities[index] = probs.numpy()
 
     def clear(self) -> None:
-        """Nothing found after all: every slice background."""
+        """Every slice background, with probability 1 (how it starts, and what is left when nothing is found)."""
         self.labels[:] = 0
         if self.probabilities is not None:
             self.probabilities[:] = 0
@@ -216,12 +213,13 @@ class Segmenter:
         total = len(slices)
         self._check_cancel(cancel)
         location = locate_lv(self.model, slices, spacing, self.device, self._autocast, batch_size)
-        whole = None if location.found else whole_image_location(slices.shape[-2:], spacing, self.model, total)
-        if not (location.found or whole):
+        judged_by_stage_2 = not location.found   # stage 2 alone decides whether there is a heart
+        if judged_by_stage_2:
+            location = whole_image_location(slices.shape[-2:], spacing, self.model, total)
+        if location is None:
             if progress:
                 progress(total, total)
             return ["no_lv_found"]
-        location = location if location.found else whole
         flags = ["lv_at_image_edge"] if location.at_edge else []
         todo = np.flatnonzero(location.slices)
         done = total - len(todo)
@@ -242,11 +240,11 @@ class Segmenter:
                 progress(done + start + len(index), total)
         if progress and not len(todo):
             progress(total, total)
-        if whole and out.lv_confidence < self.model.params.low_confidence:
+        if judged_by_stage_2 and out.lv_confidence < self.model.params.low_confidence:
             out.clear()    # neither stage is sure there is a heart: say so rather than guess
         if out.lv_pixels == 0:
             return ["no_lv_found"]
-        if whole and (out.labels[:, [0, -1]].any() or out.labels[:, :, [0, -1]].any()):
+        if judged_by_stage_2 and (out.labels[:, [0, -1]].any() or out.labels[:, :, [0, -1]].any()):
             flags.append("lv_at_image_edge")
         if out.lv_confidence < self.model.params.low_confidence:
             flags.append("low_confidence")
