@@ -151,11 +151,13 @@ def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params:
     area_mm2 = lv.sum(axis=(1, 2)) * pixel_mm2
     if area_mm2.max() < params.min_stack_lv_mm2:
         return LVLocation(False)
-    rows, cols = np.nonzero(lv.any(0))
-    h, w = lv.shape[1:]
-    at_edge = bool(rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or cols.max() == w - 1)
     centre = tuple(float(c) for c in ndimage.center_of_mass(lv.any(0)))
-    return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, at_edge)
+    return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, touches_border(lv))
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    """mask [N, h, w]: whether any slice's mask reaches the first or last row or column of the image."""
+    return bool(mask[:, [0, -1]].any() or mask[:, :, [0, -1]].any())
 
 
 # Test-time views as (quarter turns, mirrored): the identity and two flips (a vertical flip is a half

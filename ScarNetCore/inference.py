@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cascade import (ScarNetCascade, locate_lv, neighbour_step, refine_centre, segment_crops,
+from .cascade import (ScarNetCascade, locate_lv, neighbour_step, refine_centre, segment_crops, touches_border,
                       whole_image_location)
 from .checkpoint import load_checkpoint
 from .errors import Cancelled, CheckpointError
@@ -244,7 +244,7 @@ class Segmenter:
             out.clear()    # neither stage is sure there is a heart: say so rather than guess
         if out.lv_pixels == 0:
             return ["no_lv_found"]
-        if judged_by_stage_2 and (out.labels[:, [0, -1]].any() or out.labels[:, :, [0, -1]].any()):
+        if judged_by_stage_2 and touches_border(out.labels > 0):
             flags.append("lv_at_image_edge")
         if out.lv_confidence < self.model.params.low_confidence:
             flags.append("low_confidence")
