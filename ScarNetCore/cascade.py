@@ -12,6 +12,9 @@ Stage 2 (segment) sees a fixed-size crop at a fine spacing centred on that LV, i
 over the part of the crop that lies in the image, so the result does not depend on how much chest,
 air or padding the user's field of view holds. Probabilities go back to the native grid through
 GridMapping's exact inverse, as in v1.
+An optional refine stage sees the same crop once more together with stage 2's class probabilities,
+for the slice and its neighbours, and gives the final five classes: a second look that may move any
+border, the endocardial one included, with the whole stack's first answer in view (`refine_crops`).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from .model import ScarNet, middle_channels
 from .preprocessing import GridMapping, PreprocessConfig, normalize_intensity
 from .settings import settings_from_dict
 
-LOCATE, SEGMENT = "locate", "segment"
+LOCATE, SEGMENT, REFINE = "locate", "segment", "refine"
 
 
 @dataclass(frozen=True)
@@ -106,17 +109,28 @@ class SegmentEnsemble(nn.Module):
 
 
 class ScarNetCascade(nn.Module):
-    """The two stage networks, each a ScarNet (one definition), with their geometry and settings."""
+    """The stage networks, each a ScarNet (one definition), with their geometry and settings: locate,
+    segment and, optionally, refine (on stage 2's crop, so with stage 2's geometry)."""
 
     def __init__(self, locate: ScarNet, segment: ScarNet | SegmentEnsemble, locate_geometry: StageGeometry = LOCATE_GEOMETRY,
-                 segment_geometry: StageGeometry = SEGMENT_GEOMETRY, params: CascadeParams = CascadeParams()):
+                 segment_geometry: StageGeometry = SEGMENT_GEOMETRY, params: CascadeParams = CascadeParams(),
+                 refine: ScarNet | None = None):
         super().__init__()
-        for net, geometry, name in ((locate, locate_geometry, LOCATE), (segment, segment_geometry, SEGMENT)):
+        stages = [(locate, locate_geometry, LOCATE), (segment, segment_geometry, SEGMENT)]
+        if refine is not None:
+            if not refine.config.prior or refine.config.num_classes != segment.config.num_classes:
+                raise ValueError("refine: the network must take stage 2's probabilities and share its classes")
+            stages.append((refine, segment_geometry, REFINE))
+        for net, geometry, name in stages:
             if net.config.grid_size != geometry.grid_size:
                 raise ValueError(f"{name}: network grid {net.config.grid_size} ≠ preprocessing grid {geometry.grid_size}")
-        self.locate, self.segment = locate, segment
-        self.geometry = {LOCATE: locate_geometry, SEGMENT: segment_geometry}
+        self.locate, self.segment, self.refine = locate, segment, refine
+        self.geometry = {name: geometry for _, geometry, name in stages}
         self.params = params
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return (LOCATE, SEGMENT) if self.refine is None else (LOCATE, SEGMENT, REFINE)
 
     @property
     def num_classes(self) -> int:
@@ -230,22 +244,53 @@ def neighbour_indices(index: np.ndarray, count: int, context: int, step: int = 1
     return np.where((positions < 0) | (positions >= count), index, positions)
 
 
-def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device,
-                  autocast, tta: bool = True, step: int = 1) -> torch.Tensor:
-    """Stage 2 on slices[index] (slices: the whole raw stack [N, h, w], which a 2.5-D network also
-    takes the neighbours from) → [n, K, h, w] class probabilities on the native grid.
-
-    tta: the model's test-time augmentation (flips, rotations, CascadeParams); False: the plain view only.
-    step: neighbour_step of the stack."""
-    geometry = cascade.geometry[SEGMENT]
-    channels = cascade.segment.config.in_channels
+def _crops(slices: np.ndarray, index: np.ndarray, spacing, centre, geometry: StageGeometry, channels: int, step: int):
+    """slices[index] (each between its neighbours when channels > 1) cropped around `centre` at the
+    stage geometry, each normalised over the part of the crop inside the image → (batch, mapping)."""
     positions = neighbour_indices(index, len(slices), channels // 2, step)
     mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess(), centre_native=centre)
     needed = np.unique(positions)
     raw = mapping.to_grid(torch.from_numpy(slices[needed].astype(np.float32))[:, None])[:, 0].numpy()
     inside = mapping.to_grid(torch.ones(1, 1, *slices.shape[-2:]))[0, 0].numpy() > 0.5
     crops = np.stack([normalize_in_window(r, inside, geometry.percentiles) for r in raw])
-    batch = torch.from_numpy(crops[np.searchsorted(needed, positions)])
+    return torch.from_numpy(crops[np.searchsorted(needed, positions)]), mapping
+
+
+def segment_grid(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device,
+                 autocast, tta: bool = True, step: int = 1):
+    """Stage 2 on slices[index] (slices: the whole raw stack [N, h, w], which a 2.5-D network also
+    takes the neighbours from) → ([n, K, g, g] class probabilities on the crop, the crop's mapping).
+
+    tta: the model's test-time augmentation (flips, rotations, CascadeParams); False: the plain view only.
+    step: neighbour_step of the stack."""
+    batch, mapping = _crops(slices, index, spacing, centre, cascade.geometry[SEGMENT],
+                            cascade.segment.config.in_channels, step)
     with autocast():
         probs = _tta(cascade.segment, batch.to(device), cascade.params if tta else None)
+    return probs.cpu(), mapping
+
+
+def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device,
+                  autocast, tta: bool = True, step: int = 1) -> torch.Tensor:
+    """segment_grid's probabilities on the native grid: [n, K, h, w]."""
+    probs, mapping = segment_grid(cascade, slices, index, spacing, centre, device, autocast, tta, step)
+    return mapping.from_grid(probs)
+
+
+def refine_crops(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, stage_2: dict,
+                 device, autocast, step: int = 1) -> torch.Tensor:
+    """The refine stage on slices[index] → [n, K, h, w] class probabilities on the native grid.
+
+    stage_2: stack position → stage 2's crop probabilities [K, g, g] at the same centre (segment_grid),
+    for every slice stage 2 saw; a slice it did not see counts as background, as its result does.
+    Each slice comes with its neighbours (as a 2.5-D stage 2 takes them), and each of those with its
+    stage-2 probabilities of the classes other than background."""
+    net = cascade.refine
+    channels = net.config.in_channels
+    batch, mapping = _crops(slices, index, spacing, centre, cascade.geometry[SEGMENT], channels, step)
+    positions = neighbour_indices(index, len(slices), channels // 2, step)
+    nothing = torch.zeros(net.config.num_classes - 1, *batch.shape[-2:])
+    prior = torch.stack([torch.cat([stage_2[p][1:] if p in stage_2 else nothing for p in row]) for row in positions])
+    with autocast():
+        probs = _tta(net, torch.cat([batch, prior], 1).to(device), cascade.params)
     return mapping.from_grid(probs.cpu())

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import CheckpointError
 from .io import atomic_path, json_safe, sha256_of
-from .cascade import LOCATE, SEGMENT, CascadeParams, ScarNetCascade, SegmentEnsemble, StageGeometry
+from .cascade import LOCATE, REFINE, SEGMENT, CascadeParams, ScarNetCascade, SegmentEnsemble, StageGeometry
 from .labels import CLASS_NAMES
 from .model import ScarNet, ScarNetConfig
 from .model.encoders import load_state_strict
@@ -25,7 +25,7 @@ from .preprocessing import PreprocessConfig
 
 FORMAT = "scarnet-checkpoint/1"
 METADATA_KEY = "scarnet"
-CASCADE = "ScarNetCascade"   # v2: both stages in one file, tensors prefixed "locate." and "segment."
+CASCADE = "ScarNetCascade"   # v2: every stage in one file, tensors prefixed "locate.", "segment." (and "refine.")
                              # (an ensemble stage 2: "segment.members.<i>.", one config per member)
 
 
@@ -37,10 +37,10 @@ def save_checkpoint(path: str | Path, model: ScarNet, preprocessing: PreprocessC
 
 
 def save_cascade(path: str | Path, cascade: ScarNetCascade, dtype: torch.dtype | None = None, **metadata) -> Path:
-    """One file for model v2: both stage networks, each stage's geometry, the cascade settings."""
-    state = {f"{name}.{k}": v for name in (LOCATE, SEGMENT) for k, v in _tensors(getattr(cascade, name), dtype).items()}
-    stages = {name: {**_configs(getattr(cascade, name)), "geometry": cascade.geometry[name].to_dict()}
-              for name in (LOCATE, SEGMENT)}
+    """One file for model v2: every stage's network and geometry, the cascade settings."""
+    names = cascade.stage_names
+    state = {f"{name}.{k}": v for name in names for k, v in _tensors(getattr(cascade, name), dtype).items()}
+    stages = {name: {**_configs(getattr(cascade, name)), "geometry": cascade.geometry[name].to_dict()} for name in names}
     return _write(path, state, {"architecture": CASCADE, "stages": stages, "cascade": cascade.params.to_dict(),
                                 "preprocessing": cascade.geometry[SEGMENT].preprocess().to_dict(), **metadata})
 
@@ -118,9 +118,16 @@ def _build(meta: dict) -> ScarNet | ScarNetCascade:
         raise ValueError(f"unknown architecture {architecture!r} (this ScarNet knows ScarNet and {CASCADE}; "
                          "a newer ScarNet may be needed)")
     stages = meta["stages"]
+    unknown = set(stages) - {LOCATE, SEGMENT, REFINE}
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; a newer ScarNet may be needed")
     nets = {name: _stage_net(stages[name]) for name in (LOCATE, SEGMENT)}
-    return ScarNetCascade(nets[LOCATE], nets[SEGMENT], StageGeometry.from_dict(stages[LOCATE]["geometry"]),
-                          StageGeometry.from_dict(stages[SEGMENT]["geometry"]), CascadeParams.from_dict(meta.get("cascade")))
+    geometry = {name: StageGeometry.from_dict(stages[name]["geometry"]) for name in (LOCATE, SEGMENT)}
+    if REFINE in stages and StageGeometry.from_dict(stages[REFINE]["geometry"]) != geometry[SEGMENT]:
+        raise ValueError("the refine stage must see stage 2's crop (the same geometry)")
+    refine = _stage_net(stages[REFINE]) if REFINE in stages else None
+    return ScarNetCascade(nets[LOCATE], nets[SEGMENT], geometry[LOCATE], geometry[SEGMENT],
+                          CascadeParams.from_dict(meta.get("cascade")), refine)
 
 
 def _stage_net(stage: dict) -> ScarNet | SegmentEnsemble:

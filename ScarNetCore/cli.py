@@ -233,8 +233,9 @@ def cmd_info(args) -> int:
         model, meta = load_checkpoint(args.model or default_model_path())
     from .cascade import ScarNetCascade
     if isinstance(model, ScarNetCascade):
-        print(f"ScarNet {__version__}: model v2 cascade (stage 1 finds the LV, stage 2 segments the crop around it)")
-        for name in ("locate", "segment"):
+        refine = "; a refine stage looks again, given stage 2's result" if model.refine is not None else ""
+        print(f"ScarNet {__version__}: model v2 cascade (stage 1 finds the LV, stage 2 segments the crop around it{refine})")
+        for name in model.stage_names:
             g = model.geometry[name]
             print(f"  {name}: {g.grid_size}×{g.grid_size} at {g.spacing_mm:g} mm/pixel "
                   f"({g.grid_size * g.spacing_mm:g} mm field of view)")
@@ -260,11 +261,13 @@ def _describe(model, indent: str) -> None:
     counts = count_parameters(model)
     grid = model.config.grid_size
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, model.config.in_channels, grid, grid))
+        model(torch.zeros(1, model.config.input_channels, grid, grid))
     flops = counter.get_total_flops()
     encoder = f"{model.config.encoder} (input {model.encoder.input_size} px)" if model.encoder is not None else "none"
     channels = model.config.in_channels
     context = f", input: {channels} slices, the slice between its neighbours (2.5-D)" if channels > 1 else ""
+    if model.config.prior:
+        context += ", and stage 2's class probabilities for each"
     print(f"{indent}encoder {encoder}, grid {grid}×{grid}{context}")
     print(f"{indent}parameters: {counts['total']:,} total = {counts['encoder']:,} encoder + "
           f"{counts['unet_fusion_decoder']:,} U-Net/fusion/decoder")

@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cascade import (ScarNetCascade, locate_lv, neighbour_step, refine_centre, segment_crops, touches_border,
-                      whole_image_location)
+from .cascade import (ScarNetCascade, locate_lv, neighbour_step, refine_centre, refine_crops, segment_crops,
+                      segment_grid, touches_border, whole_image_location)
 from .checkpoint import load_checkpoint
 from .errors import Cancelled, CheckpointError
 from .io import validate_image
@@ -141,6 +141,9 @@ class Segmenter:
         self.preprocessing = PreprocessConfig.from_dict(self.metadata.get("preprocessing", {}))
         self.dtype = autocast_dtype(self.device, precision)
         self.is_cascade = isinstance(self.model, ScarNetCascade)
+        if not self.is_cascade and self.model.config.prior:
+            raise CheckpointError(f"{path}: a refine-stage network runs only inside a v2 model; "
+                                  "export it with training/export.py --locate ... --refine")
         if not self.is_cascade and self.model.config.in_channels != 1:
             raise CheckpointError(f"{path}: a network that sees neighbouring slices (2.5-D) runs only as stage 2 "
                                   "of a v2 model; export it with training/export.py --locate")
@@ -231,13 +234,16 @@ class Segmenter:
                                                      self._autocast, batch_size, step)
             if np.hypot(*((np.subtract(centre, previous)) * spacing)) < self.model.params.refine_stop_mm:
                 break
-        for start in range(0, len(todo), batch_size):
-            self._check_cancel(cancel)
-            index = todo[start:start + batch_size]
-            out.put(index, segment_crops(self.model, slices, index, spacing, centre, self.device, self._autocast,
-                                         step=step))
-            if progress:
-                progress(done + start + len(index), total)
+        if self.model.refine is None:
+            for start in range(0, len(todo), batch_size):
+                self._check_cancel(cancel)
+                index = todo[start:start + batch_size]
+                out.put(index, segment_crops(self.model, slices, index, spacing, centre, self.device, self._autocast,
+                                             step=step))
+                if progress:
+                    progress(done + start + len(index), total)
+        else:
+            self._segment_and_refine(slices, todo, spacing, centre, step, batch_size, progress, cancel, out, done, total)
         if progress and not len(todo):
             progress(total, total)
         if judged_by_stage_2 and out.lv_confidence < self.model.params.low_confidence:
@@ -249,6 +255,32 @@ class Segmenter:
         if out.lv_confidence < self.model.params.low_confidence:
             flags.append("low_confidence")
         return flags
+
+    def _segment_and_refine(self, slices, todo, spacing, centre, step, batch_size, progress, cancel, out: "_Collector",
+                            done: int, total: int) -> None:
+        """Stage 2 on every slice first (the refine stage looks at each slice's neighbours' results too),
+        then the refine stage; each pass counts for half of the progress, reported as it grows."""
+        reported = done
+
+        def advance(passes_done: int) -> None:   # slice passes done out of 2·len(todo)
+            nonlocal reported
+            if progress and done + passes_done // 2 > reported:
+                reported = done + passes_done // 2
+                progress(reported, total)
+
+        stage_2 = {}
+        for start in range(0, len(todo), batch_size):
+            self._check_cancel(cancel)
+            index = todo[start:start + batch_size]
+            probs, _ = segment_grid(self.model, slices, index, spacing, centre, self.device, self._autocast, step=step)
+            stage_2.update(zip(index.tolist(), probs))
+            advance(start + len(index))
+        for start in range(0, len(todo), batch_size):
+            self._check_cancel(cancel)
+            index = todo[start:start + batch_size]
+            out.put(index, refine_crops(self.model, slices, index, spacing, centre, stage_2, self.device,
+                                        self._autocast, step=step))
+            advance(len(todo) + start + len(index))
 
     def _drop_small_scar(self, labels: np.ndarray, image: sitk.Image) -> list[str]:
         """Case-level "no infarct": predicted scar below the model's minimum volume becomes healthy myocardium."""

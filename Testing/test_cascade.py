@@ -307,3 +307,65 @@ def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_s
     result = doubtful.segment(small, return_probabilities=True)
     assert result.qc_flags == ["no_lv_found"] and not sitk.GetArrayFromImage(result.labels).any()
     assert np.all(sitk.GetArrayFromImage(result.probabilities)[..., 0] == 1)
+
+
+def _refine_net(channels: int = 3) -> ScarNet:
+    torch.manual_seed(1)
+    return ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size,
+                                 in_channels=channels, prior=True))
+
+
+def test_a_refine_stage_round_trips_and_segments_on_the_input_grid(tmp_path, positive_slab, capsys):
+    """A refine stage rides in the one v2 file with stage 2's geometry; the Segmenter runs it after
+    stage 2 on every slice and still answers on the input grid; alone, or without stage 2's
+    probabilities as input, it is refused."""
+    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.cli import main as cli
+    from ScarNetCore.inference import Segmenter
+    base = _small_cascade(lv_threshold=0.3, min_stack_lv_mm2=0)
+    assert base.refine is None and base.stage_names == ("locate", "segment")
+    cascade = ScarNetCascade(base.locate, base.segment, params=base.params, refine=_refine_net()).eval()
+    assert cascade.refine.config.input_channels == 3 * 5
+    path = save_cascade(tmp_path / "v2.safetensors", cascade, name="t")
+    loaded, meta = load_checkpoint(path)
+    assert loaded.stage_names == ("locate", "segment", "refine") and set(meta["stages"]) == set(loaded.stage_names)
+    ours, theirs = cascade.refine.state_dict(), loaded.refine.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    result = Segmenter(path, device="cpu", precision="fp32").segment(positive_slab, return_probabilities=True)
+    assert result.labels.GetSize() == positive_slab.GetSize()
+    assert np.allclose(sitk.GetArrayFromImage(result.probabilities).sum(-1), 1, atol=1e-4)
+    # the refine stage is used: the same file without it gives other probabilities
+    plain = Segmenter(save_cascade(tmp_path / "plain.safetensors", base, name="t"), device="cpu", precision="fp32")
+    assert not np.allclose(sitk.GetArrayFromImage(plain.segment(positive_slab, return_probabilities=True).probabilities),
+                           sitk.GetArrayFromImage(result.probabilities), atol=1e-3)
+    assert cli(["info", "--model", str(path)]) == 0
+    assert "refine: 128×128 at 1.25 mm/pixel" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="stage 2's probabilities"):
+        ScarNetCascade(base.locate, base.segment, refine=base.segment)
+    alone = save_checkpoint(tmp_path / "refine.safetensors", _refine_net(), SEGMENT_GEOMETRY.preprocess())
+    with pytest.raises(CheckpointError, match="--refine"):
+        Segmenter(alone, device="cpu")
+
+
+def test_the_refine_stage_sees_stage_2s_result_for_its_slice_and_neighbours():
+    """refine_crops: a slice's result depends on stage 2's probabilities of the slice and its two
+    neighbours (not of slices further away); a neighbour stage 2 did not see counts as background."""
+    from ScarNetCore.cascade import refine_crops
+    base = _small_cascade()
+    cascade = ScarNetCascade(base.locate, base.segment, refine=_refine_net()).eval()
+    stack = np.random.default_rng(0).random((5, 96, 96)).astype(np.float32)
+    g = SEGMENT_GEOMETRY.grid_size
+    stage_2 = {p: torch.softmax(torch.randn(5, g, g, generator=torch.Generator().manual_seed(p)), 0) for p in range(5)}
+
+    def middle(results):
+        with torch.no_grad():
+            return refine_crops(cascade, stack, np.array([2]), (1.5, 1.5), (48.0, 48.0), results, "cpu",
+                                contextlib.nullcontext)
+
+    base_result = middle(stage_2)
+    assert torch.allclose(middle({**stage_2, 0: torch.rand(5, g, g)}), base_result)
+    assert not torch.allclose(middle({**stage_2, 3: torch.rand(5, g, g)}), base_result, atol=1e-4)
+    background = torch.zeros(5, g, g)
+    background[0] = 1
+    unseen = {p: v for p, v in stage_2.items() if p != 1}
+    assert torch.allclose(middle(unseen), middle({**stage_2, 1: background}))

@@ -34,7 +34,7 @@ def test_bundled_model_is_present_and_matches_its_checksum():
 def test_bundled_model_metadata():
     meta = read_metadata(MODEL)
     assert "CC BY-NC-SA 4.0" in meta["licence"]
-    assert meta["architecture"] == "ScarNetCascade" and set(meta["stages"]) == {"locate", "segment"}
+    assert meta["architecture"] == "ScarNetCascade" and set(meta["stages"]) == {"locate", "segment", "refine"}
     for stage in meta["stages"].values():   # all preprocessing travels in the file
         assert {"spacing_mm", "grid_size", "percentiles"} <= set(stage["geometry"])
     assert meta["classes"] == ["background", "LV blood pool", "healthy myocardium", "scar", "MVO"]

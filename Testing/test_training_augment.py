@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from training.augment import AugmentConfig, augment_cached, warp_features
@@ -160,3 +161,38 @@ def test_locate_views_mostly_frame_the_heart_near_the_middle():
             if mask.any() else np.array([np.inf])
         near, far = near + bool(offset_mm.max() <= 90), far + bool(offset_mm.max() > 90)
     assert near >= 0.7 * 200 and far >= 0.05 * 200
+
+
+def test_refine_views_carry_stage_2s_probabilities_through_the_same_maps():
+    """Refine-stage views: after the slices come stage 2's probabilities (classes 1..4) of each slice,
+    resampled through that slice's crop; given one-hot reference masks, they match the view's mask
+    wherever the view is inside the image (bilinear against nearest: all but border pixels)."""
+    from ScarNetCore.cascade import SEGMENT_GEOMETRY
+    from training.cascade_data import StageViews
+    from training.data import SliceSample
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256]
+    masks = []
+    for i in range(4):
+        disc = (yy - 128) ** 2 + (xx - 120 - 4 * i) ** 2
+        masks.append(np.select([disc < 15 ** 2, disc < 25 ** 2, (disc < 30 ** 2) & (xx > 120)], [1, 2, 3], 0).astype(np.uint8))
+    samples = [SliceSample("Case_X", i, ndimage.gaussian_filter(rng.random((256, 256)), 2).astype(np.float32), m)
+               for i, m in enumerate(masks)]
+    one_hot = np.stack([np.eye(5, dtype=np.float16)[m].transpose(2, 0, 1) for m in masks])
+    views = StageViews(samples, "refine", SEGMENT_GEOMETRY, 1.25, seed=0, context=1, priors={"Case_X": one_hot[:, 1:]})
+    g = SEGMENT_GEOMETRY.grid_size
+    for i in range(len(views)):
+        view = views[i]
+        image, mask = view["image"].numpy(), view["mask"].numpy()
+        assert image.shape == (3 + 3 * 4, g, g)
+        if not image[:3].any():   # a synthetic non-heart view: stage 2 found nothing
+            assert not image[3:].any() and not mask.any()
+            continue
+        own = image[3 + 4:3 + 8]            # the middle slice's probabilities
+        labels = np.where(own.sum(0) > 0.5, own.argmax(0) + 1, 0)
+        assert (labels == mask).mean() > 0.97
+    with pytest.raises(ValueError, match="priors"):
+        StageViews(samples, "refine", SEGMENT_GEOMETRY, 1.25, seed=0)
+    for wrong in (one_hot[:3, 1:], one_hot[:, 1:, :128]):   # a slice missing; another grid
+        with pytest.raises(ValueError, match="cache them again"):
+            StageViews(samples, "refine", SEGMENT_GEOMETRY, 1.25, seed=0, priors={"Case_X": wrong})

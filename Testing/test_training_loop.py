@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -252,3 +253,40 @@ def test_ddp_two_processes_synchronise_gradients(workspace, reference_run, tmp_p
     # epoch 1 starts from the same weights as the single-process run: similar loss on half the slices
     single = float(read_log(reference_run)[0]["train_loss"])
     assert all(0 < x < 10 for x in losses) and abs(losses[0] - single) < 0.1 * single, (losses, single)
+
+
+def test_a_refine_stage_learns_from_stage_2s_saved_probabilities(workspace):
+    """The refine recipe end to end: training/evaluate.py --save-probabilities writes the bundled
+    model's probabilities per case (float16, [slices, classes, rows, columns], summing to 1); a refine
+    stage trains on them (data.prior_dir), starting as the stage-2 network it is initialised from:
+    the weights for the new probability inputs start at zero, so with lr 0 it answers as that network
+    whatever probabilities it is given."""
+    from ScarNetCore.cascade import SEGMENT_GEOMETRY
+    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model import ScarNet, ScarNetConfig
+    from ScarNetCore.resources import default_model_path
+    from training.evaluate import main as evaluate
+    root, split = workspace
+    cache = root / "stage2_eval"
+    assert evaluate(["--model", str(default_model_path()), "--data", str(SLICES), "--out", str(cache),
+                     "--cases", "Case_P043", "Case_P044", "--save-probabilities"]) == 0
+    saved = np.load(cache / "probabilities" / "Case_P043.npy", allow_pickle=False)
+    assert saved.dtype == np.float16 and saved.shape[1:] == (5, 256, 256)
+    assert len(saved) == len(list((SLICES / "images").glob("Case_P043_slice*.png")))
+    assert np.allclose(saved.astype(np.float32).sum(1), 1, atol=2e-2) and saved[:, 1:].max() > 0.5
+
+    torch.manual_seed(0)
+    stage_2 = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size,
+                                    in_channels=3))
+    start = save_checkpoint(root / "stage2_start.safetensors", stage_2, SEGMENT_GEOMETRY.preprocess())
+    config = tiny_config(root / "refine", split, epochs=1, lr=0.0, cache_features=False)
+    config["data"].update(stage="refine", prior_dir=str(cache / "probabilities"))
+    config["model"] = {"encoder": "none", "base_channels": 4, "in_channels": 3, "init_checkpoint": str(start)}
+    refine, meta = load_checkpoint(run(TrainConfig.from_dict(config)))
+    assert refine.config.prior and refine.config.input_channels == 15 and meta["training_config"]["data"]["stage"] == "refine"
+    x, prior = torch.rand(2, 3, 128, 128), torch.rand(2, 12, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(refine(torch.cat([x, prior], 1)), stage_2.eval()(x))
+    config["data"]["prior_dir"] = None
+    with pytest.raises(ValueError, match="prior_dir"):
+        run(TrainConfig.from_dict(config))

@@ -12,19 +12,23 @@ slice at its pixel spacing by one affine map per view (torch grid_sample):
   over the part of the crop that lies in the image. Target: the five labels, background outside.
   A 2.5-D network also gets the neighbouring slices through the same crop, each normalised alone,
   the stack in either direction, slightly shifted (breath-hold misregistration) or left out.
-Intensity augmentation (gamma, contrast, bias, blur, low resolution, noise) follows.
+- refine: the segment view, with stage 2's class probabilities for the slice and each neighbour
+  (cached per case by training/evaluate.py --save-probabilities, on the slice grid) resampled
+  through the same maps: what the refine stage gets from stage 2 at inference.
+Intensity augmentation (gamma, contrast, bias, blur, low resolution, noise) follows (images only).
 Randomness depends on (seed, epoch, index) alone, so a resumed run replays the same views.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from ScarNetCore.cascade import StageGeometry, neighbour_indices, normalize_in_window
+from ScarNetCore.cascade import LOCATE, REFINE, SEGMENT, StageGeometry, neighbour_indices, normalize_in_window
 from ScarNetCore.settings import settings_from_dict
 from .augment import AugmentConfig, augment_intensity, grid_sample_grid
 
@@ -50,11 +54,16 @@ class ViewConfig:
 
 
 class CaseSlices:
-    """The slices of one case on the reader's grid, with the case's LV centre (as inference finds it)."""
+    """The slices of one case on the reader's grid, with the case's LV centre (as inference finds it)
+    and, for a refine stage, stage 2's probabilities of the classes other than background [N, K-1, h, w]."""
 
-    def __init__(self, samples, spacing_mm: float):
+    def __init__(self, samples, spacing_mm: float, priors: np.ndarray | None = None):
         self.images = np.stack([s.image for s in samples]).astype(np.float32)
         self.masks = np.stack([s.mask for s in samples]).astype(np.uint8)
+        if priors is not None and (len(priors) != len(self.images) or priors.shape[2:] != self.images.shape[1:]):
+            raise ValueError(f"{samples[0].case}: stage-2 probabilities {priors.shape} do not match its slices "
+                             f"{self.images.shape}; cache them again from the same data")
+        self.priors = priors
         self.spacing = spacing_mm
         lv = self.masks > 0
         self.centre = np.array(ndimage.center_of_mass(lv.any(0))) if lv.any() else \
@@ -77,6 +86,37 @@ def synthetic_negative(shape, rng: np.random.Generator) -> np.ndarray:
         x = rng.uniform(0, 1, shape)
     x = x - x.min()
     return (x / x.max() if x.max() > 0 else x).astype(np.float32)
+
+
+def read_priors(folder: str | Path, cases) -> dict[str, np.ndarray]:
+    """Stage 2's cached probabilities per case (<case>.npy, [N, K, h, w] in slice order, as
+    training/evaluate.py --save-probabilities writes them), background dropped: [N, K-1, h, w]."""
+    folder = Path(folder)
+    priors = {}
+    for case in cases:
+        path = folder / f"{case}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no stage-2 probabilities for {case}; run training/evaluate.py "
+                                    f"--save-probabilities on every training and validation case first")
+        priors[case] = np.load(path, allow_pickle=False)[:, 1:]
+    return priors
+
+
+def _priors_of(priors: np.ndarray, samples) -> np.ndarray:
+    """A case's cached probabilities for these of its slices. The cache holds the whole stack in slice
+    order, and slice numbers count from 0 in both layouts (<case>_slice000.png, a volume's first slice)."""
+    index = [s.index for s in samples]
+    if max(index) >= len(priors):
+        raise ValueError(f"{samples[0].case}: slice {max(index)} but stage-2 probabilities for {len(priors)} slices; "
+                         "cache them again from the same data")
+    return priors[index]
+
+
+def _sample_channels(stack: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Bilinear samples of every channel of [C, h, w] at source pixel coords [2, H, W] (0 outside)."""
+    grid = grid_sample_grid(coords, *stack.shape[-2:])
+    src = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[None]
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
 
 
 def _sample(image: np.ndarray, mask: np.ndarray, coords: np.ndarray):
@@ -147,19 +187,24 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     g = geometry.grid_size
     if cfg is not None and rng.random() < cfg.p_negative_segment:
         noise = np.stack([synthetic_negative((g, g), rng) for _ in range(2 * context + 1)])
-        return augment_intensity(noise, rng, aug), np.zeros((g, g), np.uint8)
+        noise = augment_intensity(noise, rng, aug)
+        if case.priors is not None:   # stage 2 found nothing in it
+            noise = np.concatenate([noise, np.zeros((len(noise) * case.priors.shape[1], g, g), np.float32)])
+        return noise, np.zeros((g, g), np.uint8)
     positions = _neighbours(case, index, context, rng, cfg)
     matrix = _pose(rng, cfg) if cfg is not None else np.eye(2)
     centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
     coords, _, _ = _coords(geometry, matrix, centre, case.spacing)
     image, mask, inside = _sample(case.images[index], case.masks[index], coords)
-    images = []
+    images, where = [], []
     for position in positions:
         if position == index:  # the slice itself (its own neighbour at a stack end): as at inference
             images.append(image)
+            where.append(coords)
             continue
         shift = rng.normal(0, cfg.neighbour_shift_mm, 2) / case.spacing if cfg is not None else np.zeros(2)
-        images.append(_sample(case.images[position], case.masks[position], coords + shift[:, None, None])[0])
+        where.append(coords + shift[:, None, None])
+        images.append(_sample(case.images[position], case.masks[position], where[-1])[0])
     image = np.stack(images)
     if cfg is not None and rng.random() < cfg.p_user_crop:
         # an axis-aligned field of view in the source image, around the heart
@@ -170,6 +215,9 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     image = np.stack([normalize_in_window(c, inside) for c in image])
     if aug is not None:
         image = augment_intensity(image, rng, aug) * inside
+    if case.priors is not None:
+        priors = [_sample_channels(case.priors[p], w) * inside for p, w in zip(positions, where)]
+        image = np.concatenate([image, *priors])
     return image, mask
 
 
@@ -190,13 +238,18 @@ class StageViews(torch.utils.data.Dataset):
 
     def __init__(self, samples, stage: str, geometry: StageGeometry, source_spacing_mm: float, seed: int,
                  view_cfg: ViewConfig = ViewConfig(), aug_cfg: AugmentConfig = AugmentConfig(), train: bool = True,
-                 context: int = 0):
-        if stage not in ("locate", "segment"):
-            raise ValueError(f"stage {stage!r}: choose locate or segment")
+                 context: int = 0, priors: dict[str, np.ndarray] | None = None):
+        if stage not in (LOCATE, SEGMENT, REFINE):
+            raise ValueError(f"stage {stage!r}: choose {LOCATE}, {SEGMENT} or {REFINE}")
+        if (stage == REFINE) != (priors is not None):
+            raise ValueError(f"stage 2's probabilities (priors) go with stage {REFINE}, and only with it")
         by_case: dict[str, list] = {}
         for s in samples:
             by_case.setdefault(s.case, []).append(s)
-        self.cases = {c: CaseSlices(sorted(v, key=lambda s: s.index), source_spacing_mm) for c, v in by_case.items()}
+        self.cases = {}
+        for c, v in by_case.items():
+            ordered = sorted(v, key=lambda s: s.index)
+            self.cases[c] = CaseSlices(ordered, source_spacing_mm, None if priors is None else _priors_of(priors[c], ordered))
         self.items = [(c, i) for c, case in self.cases.items() for i in range(len(case.images))]
         self.stage, self.geometry, self.seed, self.train, self.epoch = stage, geometry, seed, train, 0
         self.view_cfg, self.aug_cfg, self.context = view_cfg, aug_cfg, context
@@ -216,7 +269,7 @@ class StageViews(torch.utils.data.Dataset):
         case = self.cases[case_id]
         # validation views are fixed: their randomness does not depend on the epoch
         rng = np.random.default_rng([self.seed, self.epoch if self.train else 10 ** 6, index])
-        if self.stage == "locate":
+        if self.stage == LOCATE:
             image, mask = locate_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg)
         elif self.train:
             image, mask = segment_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg, self.context)

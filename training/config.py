@@ -16,7 +16,8 @@ class DataConfig:
     fold: int = 0
     label_map: dict | None = None          # e.g. {5: 3} for a dataset whose scar label is 5
     max_slices: int | None = None          # cap (smoke tests); None = all
-    stage: str = "full"                    # full: v1 whole-slice network | locate / segment: a cascade stage (v2)
+    stage: str = "full"                    # full: v1 whole-slice network | locate / segment / refine: a cascade stage (v2)
+    prior_dir: str | None = None           # refine: stage 2's probabilities per case (training/evaluate.py --save-probabilities)
     refit: bool = False                    # final fit on train ∪ validation with a recipe chosen before; ship last.safetensors
 
 
@@ -30,7 +31,7 @@ class ModelConfig:
     init_checkpoint: str | None = None     # start from this ScarNet .safetensors (e.g. the bundled model)
     grid_size: int | None = None           # None: the stage's grid (256 full, 224 locate, 128 segment)
     spacing_mm: float | None = None        # cascade stage: None: the stage's spacing (2 mm locate, 1.25 mm segment)
-    in_channels: int = 1                   # segment stage: 3 = the slice between its neighbours (2.5-D)
+    in_channels: int = 1                   # segment and refine stages: 3 = the slice between its neighbours (2.5-D)
 
 
 @dataclass

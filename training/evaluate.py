@@ -57,6 +57,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from ScarNetCore.errors import ScarNetError
 from ScarNetCore.io import atomic_path, write_json_atomic
 from ScarNetCore.labels import MVO, SCAR, myocardium_mask, scar_mask
+from ScarNetCore.volume import cut_axis, split_slices
 from training.data import SLICE_NAME, remap_labels, volume_stem
 from training.metrics import STRUCTURES, dice
 LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")
@@ -330,7 +331,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     rows, runs, clean = [], [], {}
     for index, case in enumerate(cases):
         t0 = time.time()
-        result = segmenter.segment(case.image, batch_size=args.batch_size)
+        result = segmenter.segment(case.image, batch_size=args.batch_size, return_probabilities=args.save_probabilities)
         pred = sitk.GetArrayFromImage(result.labels)
         row = {"case": case.id, "slices": int(case.labels.shape[0]),
                "spacing_mm": "×".join(f"{s:g}" for s in case.spacing),
@@ -345,6 +346,8 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
             image.CopyInformation(case.image)
             with atomic_path(out / "predictions" / f"{case.id}.nii.gz") as tmp:
                 sitk.WriteImage(image, str(tmp), useCompression=True)
+        if args.save_probabilities:
+            save_probabilities(result.probabilities, case.image, out / "probabilities" / f"{case.id}.npy")
         if noise_kinds:
             clean[case.id] = _defined_dice(row)
             runs += _noise_runs(segmenter, case, index, noise_kinds, snrs, args)
@@ -374,6 +377,16 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
             + (f", HD95 {e['hd95_mm_mean']:.2f} ± {e['hd95_mm_sd']:.2f} mm (n={e['hd95_cases']})" if "hd95_mm_mean" in e else ""))
     log(f"results in {out}")
     return summary
+
+
+def save_probabilities(probabilities: sitk.Image, image: sitk.Image, path: Path) -> None:
+    """The class probabilities as float16 [N, K, h, w], slices cut as the Segmenter and the training
+    reader cut them (a refine stage's training input: data.prior_dir)."""
+    array = sitk.GetArrayFromImage(probabilities)          # [z, y, x, K]
+    slices, _ = split_slices(array, image, cut_axis(image))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(np.moveaxis(slices, -1, 1), dtype=np.float16), allow_pickle=False)
 
 
 def _defined_dice(metrics: dict) -> dict:
@@ -423,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
     p.add_argument("--save-predictions", action="store_true", help="write predicted labels to OUT/predictions/")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="write class probabilities to OUT/probabilities/<case>.npy (float16 [slices, classes, rows, "
+                        "columns]): a refine stage's training input (data.prior_dir)")
     p.add_argument("--noise", help="noise robustness: comma-separated types (gaussian,rician)")
     p.add_argument("--snr", help="comma-separated SNRs, e.g. 20,10,5 (mean LV intensity / noise SD)")
     p.add_argument("--repeats", type=int, default=5, help="Monte Carlo repeats per case, type and SNR (default 5)")

@@ -9,6 +9,7 @@ settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams). Several SOURC
 stage 2 whose probabilities are averaged (ScarNetCore.cascade.SegmentEnsemble); they must share the
 crop geometry. Metadata other than the metrics comes from the first SOURCE, except the training
 cases: an ensemble records the union of its members' cases (a refit member's train holds validation).
+--refine adds the optional refine stage (a `data.stage: refine` checkpoint; its cases join the record).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ScarNetCore.preprocessing import PreprocessConfig
 
 
 def export(sources: list[Path], target: Path, name: str, version: str, licence: str, metrics: dict | None,
-           locate: Path | None = None, cascade: dict | None = None) -> str:
+           locate: Path | None = None, cascade: dict | None = None, refine: Path | None = None) -> str:
     loaded = [load_checkpoint(source) for source in sources]
     model, meta = loaded[0]
     keep = {k: meta[k] for k in ("training_data", "training_config") if k in meta}
@@ -38,6 +39,8 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
         all_metrics.update(metrics)
     encoders = sorted({net.config.encoder for net, _ in loaded})
     release = dict(name=name, version=version, licence=licence, encoder="+".join(encoders), **keep)
+    if locate is None and refine is not None:
+        raise ValueError("--refine needs --locate: the refine stage is part of a v2 model")
     if locate is None:
         if len(loaded) > 1:
             raise ValueError("several SOURCEs (an ensemble) need --locate: only a v2 stage 2 can be an ensemble")
@@ -69,9 +72,17 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
             locate_geometry = StageGeometry.of(PreprocessConfig.from_dict(locate_meta["preprocessing"]))
             all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
             release["locate_training_config"] = locate_meta.get("training_config")
-        both = ScarNetCascade(locator, segment, locate_geometry, geometries.pop(),
-                              CascadeParams.from_dict({**settings, **(cascade or {})}))
-        save_cascade(target, both, dtype=torch.float16, metrics=all_metrics, **release)
+        refiner = None
+        if refine is not None:
+            refiner, refine_meta = load_checkpoint(refine)
+            all_metrics["refine_validation"] = refine_meta.get("metrics", {}).get("validation")
+            release["refine_training_config"] = refine_meta.get("training_config")
+            union = _union_of_cases([release.get("training_data"), refine_meta.get("training_data")])
+            if union:
+                release["training_data"] = union
+        stages = ScarNetCascade(locator, segment, locate_geometry, geometries.pop(),
+                                CascadeParams.from_dict({**settings, **(cascade or {})}), refiner)
+        save_cascade(target, stages, dtype=torch.float16, metrics=all_metrics, **release)
     digest = sha256_of(target)
     with atomic_path(target.with_suffix(".sha256")) as tmp:
         tmp.write_text(f"{digest}  {target.name}\n")
@@ -100,12 +111,14 @@ def main(argv=None):
     parser.add_argument("--metrics", type=Path, help="JSON of named metric sets to add to metadata 'metrics' "
                         "(e.g. {\"test\": {...}})")
     parser.add_argument("--locate", type=Path, help="model v2: the locate-stage checkpoint (SOURCE is the segment stage)")
+    parser.add_argument("--refine", type=Path, help="model v2: the optional refine-stage checkpoint (data.stage refine)")
     parser.add_argument("--cascade", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model v2 settings, e.g. min_scar_ml=1.5 low_confidence=0.8")
     args = parser.parse_args(argv)
     metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else None
     cascade = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.cascade)}
-    digest = export(args.source, args.target, args.name, args.version, args.licence, metrics, args.locate, cascade)
+    digest = export(args.source, args.target, args.name, args.version, args.licence, metrics, args.locate, cascade,
+                    args.refine)
     print(f"{args.target}: {args.target.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
     return 0
 

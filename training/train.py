@@ -33,9 +33,9 @@ from ScarNetCore.inference import autocast_dtype
 from ScarNetCore.io import atomic_path
 from ScarNetCore.model import ScarNet, ScarNetConfig
 from ScarNetCore.preprocessing import PreprocessConfig
-from ScarNetCore.cascade import LOCATE, LOCATE_GEOMETRY, SEGMENT, SEGMENT_GEOMETRY
+from ScarNetCore.cascade import LOCATE, LOCATE_GEOMETRY, REFINE, SEGMENT, SEGMENT_GEOMETRY
 from training.augment import AugmentConfig, augment
-from training.cascade_data import StageViews, ViewConfig, lv_crops
+from training.cascade_data import StageViews, ViewConfig, lv_crops, read_priors
 from training.config import TrainConfig
 from training.data import case_ids, read_dataset
 from training.feature_cache import CachedViews, build_cache
@@ -93,15 +93,28 @@ def setup_distributed():
 
 
 def initialise_from(model: ScarNet, checkpoint: str) -> None:
-    """Start from a ScarNet checkpoint's weights (e.g. fine-tune the bundled model on your data)."""
+    """Start from a ScarNet checkpoint's weights (e.g. fine-tune the bundled model on your data).
+
+    A refine stage may start from a stage-2 network of the same shape: the weights its first layer
+    gives stage 2's probabilities start at zero, so it begins as that network and learns to use them."""
     source, meta = load_checkpoint(checkpoint)
     theirs = ScarNetConfig.from_dict(meta["config"])
-    if theirs != model.config:
+    widen = model.config.prior and not theirs.prior
+    if dataclasses.replace(theirs, prior=model.config.prior) != model.config:
         ours = model.config.to_dict()
         differ = {k: (v, ours[k]) for k, v in theirs.to_dict().items() if v != ours[k]}
         raise ValueError(f"model.init_checkpoint {checkpoint}: its network differs from the config "
                          f"(checkpoint vs config: {differ}); set the model keys to match it")
-    model.load_state_dict(source.state_dict())
+    state = source.state_dict()
+    if widen:
+        first = FIRST_CONV
+        weight = state[first]
+        state[first] = torch.cat([weight, weight.new_zeros(weight.shape[0], model.config.input_channels - weight.shape[1],
+                                                           *weight.shape[2:])], 1)
+    model.load_state_dict(state)
+
+
+FIRST_CONV = "down.0.body.0.weight"   # ScarNet's first convolution: the only layer that sees the input channels
 
 
 def seed_everything(seed: int):
@@ -138,8 +151,8 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-STAGE_GEOMETRY = {LOCATE: LOCATE_GEOMETRY, SEGMENT: SEGMENT_GEOMETRY}
-STAGE_CLASSES = {"full": 5, LOCATE: 2, SEGMENT: 5}
+STAGE_GEOMETRY = {LOCATE: LOCATE_GEOMETRY, SEGMENT: SEGMENT_GEOMETRY, REFINE: SEGMENT_GEOMETRY}
+STAGE_CLASSES = {"full": 5, LOCATE: 2, SEGMENT: 5, REFINE: 5}
 
 
 def validation_score(metrics: dict) -> float:
@@ -189,7 +202,10 @@ def run(cfg: TrainConfig, log=print) -> Path:
 
     stage = cfg.data.stage
     if stage not in STAGE_CLASSES:
-        raise ValueError(f"data.stage {stage!r}: choose full, {LOCATE} or {SEGMENT}")
+        raise ValueError(f"data.stage {stage!r}: choose full, {LOCATE}, {SEGMENT} or {REFINE}")
+    if (stage == REFINE) != bool(cfg.data.prior_dir):
+        raise ValueError(f"data.prior_dir (stage 2's probabilities, training/evaluate.py --save-probabilities) "
+                         f"goes with data.stage {REFINE}, and only with it")
     if cfg.model.spacing_mm and stage == "full":
         raise ValueError("model.spacing_mm sets a cascade stage's spacing; the full-slice model uses the reader's grid")
     # cascade stages draw their views from slices on the v1 grid (1.25 mm, 320 mm) at run time
@@ -207,7 +223,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
     grid = mc.grid_size or (STAGE_GEOMETRY[stage].grid_size if stage != "full" else preprocessing.grid_size)
     model_config = ScarNetConfig(encoder=mc.encoder, encoder_checkpoint=mc.encoder_checkpoint,
                                  encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels,
-                                 num_classes=STAGE_CLASSES[stage], grid_size=grid, in_channels=mc.in_channels)
+                                 num_classes=STAGE_CLASSES[stage], grid_size=grid, in_channels=mc.in_channels,
+                                 prior=stage == REFINE)
     model = ScarNet(model_config)
     if stage != "full":
         geometry = dataclasses.replace(STAGE_GEOMETRY[stage], grid_size=grid,
@@ -225,9 +242,9 @@ def run(cfg: TrainConfig, log=print) -> Path:
     aug_cfg = AugmentConfig.from_dict(cfg.augment)
     use_cache = cfg.optim.cache_features and mc.trainable_encoder_stages == 0 and model.encoder is not None \
         and stage != LOCATE
-    if mc.in_channels != 1 and (stage != SEGMENT or use_cache):
-        raise ValueError("model.in_channels > 1 (neighbouring slices) needs data.stage segment with on-the-fly "
-                         "views (encoder none, or optim.cache_features false)")
+    if (mc.in_channels != 1 or stage == REFINE) and (stage not in (SEGMENT, REFINE) or use_cache):
+        raise ValueError("model.in_channels > 1 (neighbouring slices) and data.stage refine need on-the-fly views of "
+                         "stage 2's crop (data.stage segment or refine; encoder none, or optim.cache_features false)")
     source_spacing = PreprocessConfig().target_spacing_mm  # the reader's grid, from which stage views are drawn
     if stage == SEGMENT and use_cache:
         # the hybrid on CPU: cache the encoder's view of each LV crop, augment views as in the full recipe
@@ -235,10 +252,11 @@ def run(cfg: TrainConfig, log=print) -> Path:
     if stage != "full" and not use_cache:
         views = ViewConfig.from_dict(cfg.views)
         context = mc.in_channels // 2
+        priors = read_priors(cfg.data.prior_dir, split["train"] + split["validation"]) if stage == REFINE else None
         train_set = StageViews(train_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg,
-                               context=context)
+                               context=context, priors=priors)
         val_set = StageViews(val_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg,
-                             train=False, context=context)
+                             train=False, context=context, priors=priors)
     elif use_cache:
         cache_root = out / "feature_cache"
         if main:

@@ -24,10 +24,17 @@ class ScarNetConfig:
     num_classes: int = NUM_CLASSES
     grid_size: int = 256                       # slices enter the network at grid_size × grid_size
     in_channels: int = 1                       # 1: the slice; 3: the slice between its two neighbours (2.5-D)
+    prior: bool = False                        # refine stage: also takes stage 2's probabilities of classes 1..K-1
+                                               # for each of its slices (channels after the slices)
 
     @property
     def has_encoder(self) -> bool:
         return self.encoder != NO_ENCODER
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the first layer takes: the slices, and with `prior` their stage-2 class probabilities."""
+        return self.in_channels * (1 + (self.num_classes - 1) * self.prior)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -63,7 +70,7 @@ class ScarNet(nn.Module):
         self.encoder = build_encoder(config.encoder, config.encoder_input_size, config.encoder_checkpoint,
                                      pretrained=pretrained_encoder) if config.has_encoder else None
         widths = [config.base_channels * 2 ** i for i in range(self.LEVELS)]
-        self.down = nn.ModuleList([ConvBlock(config.in_channels, widths[0])] +
+        self.down = nn.ModuleList([ConvBlock(config.input_channels, widths[0])] +
                                   [ConvBlock(widths[i - 1], widths[i]) for i in range(1, self.LEVELS)])
         self.pool = nn.MaxPool2d(2)
         self.fusion = nn.ModuleDict({
@@ -76,11 +83,12 @@ class ScarNet(nn.Module):
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Global-context features; cacheable when the encoder is frozen (None without an encoder).
-        The encoder sees the slice itself (the middle channel): it was pretrained on single images."""
-        return self.encoder(middle_channels(image, 1)) if self.encoder is not None else None
+        The encoder sees the slice itself (the middle slice): it was pretrained on single images."""
+        slices = image[:, :self.config.in_channels]   # a refine stage's probabilities follow the slices
+        return self.encoder(middle_channels(slices, 1)) if self.encoder is not None else None
 
     def forward(self, image: torch.Tensor, encoder_features: torch.Tensor | None = None) -> torch.Tensor:
-        """image: [B, in_channels, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
+        """image: [B, input_channels, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
         if encoder_features is None:
             encoder_features = self.encode(image)
         if encoder_features is not None:
