@@ -130,7 +130,7 @@ class ScarNetCascade(nn.Module):
 
     @property
     def stage_names(self) -> tuple[str, ...]:
-        return (LOCATE, SEGMENT) if self.refine is None else (LOCATE, SEGMENT, REFINE)
+        return tuple(self.geometry)   # in stage order, refine only when present
 
     @property
     def num_classes(self) -> int:
@@ -244,10 +244,9 @@ def neighbour_indices(index: np.ndarray, count: int, context: int, step: int = 1
     return np.where((positions < 0) | (positions >= count), index, positions)
 
 
-def _crops(slices: np.ndarray, index: np.ndarray, spacing, centre, geometry: StageGeometry, channels: int, step: int):
-    """slices[index] (each between its neighbours when channels > 1) cropped around `centre` at the
-    stage geometry, each normalised over the part of the crop inside the image → (batch, mapping)."""
-    positions = neighbour_indices(index, len(slices), channels // 2, step)
+def _crops(slices: np.ndarray, positions: np.ndarray, spacing, centre, geometry: StageGeometry):
+    """The slices at `positions` [n, channels] (neighbour_indices) cropped around `centre` at the stage
+    geometry, each normalised over the part of the crop inside the image → (batch, mapping)."""
     mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess(), centre_native=centre)
     needed = np.unique(positions)
     raw = mapping.to_grid(torch.from_numpy(slices[needed].astype(np.float32))[:, None])[:, 0].numpy()
@@ -263,8 +262,8 @@ def segment_grid(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray,
 
     tta: the model's test-time augmentation (flips, rotations, CascadeParams); False: the plain view only.
     step: neighbour_step of the stack."""
-    batch, mapping = _crops(slices, index, spacing, centre, cascade.geometry[SEGMENT],
-                            cascade.segment.config.in_channels, step)
+    positions = neighbour_indices(index, len(slices), cascade.segment.config.in_channels // 2, step)
+    batch, mapping = _crops(slices, positions, spacing, centre, cascade.geometry[SEGMENT])
     with autocast():
         probs = _tta(cascade.segment, batch.to(device), cascade.params if tta else None)
     return probs.cpu(), mapping
@@ -286,9 +285,8 @@ def refine_crops(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray,
     Each slice comes with its neighbours (as a 2.5-D stage 2 takes them), and each of those with its
     stage-2 probabilities of the classes other than background."""
     net = cascade.refine
-    channels = net.config.in_channels
-    batch, mapping = _crops(slices, index, spacing, centre, cascade.geometry[SEGMENT], channels, step)
-    positions = neighbour_indices(index, len(slices), channels // 2, step)
+    positions = neighbour_indices(index, len(slices), net.config.in_channels // 2, step)
+    batch, mapping = _crops(slices, positions, spacing, centre, cascade.geometry[SEGMENT])
     nothing = torch.zeros(net.config.num_classes - 1, *batch.shape[-2:])
     prior = torch.stack([torch.cat([stage_2[p][1:] if p in stage_2 else nothing for p in row]) for row in positions])
     with autocast():

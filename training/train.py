@@ -92,6 +92,9 @@ def setup_distributed():
     return 0, 1
 
 
+FIRST_CONV = "down.0.body.0.weight"   # ScarNet's first convolution: the only layer that sees the input channels
+
+
 def initialise_from(model: ScarNet, checkpoint: str) -> None:
     """Start from a ScarNet checkpoint's weights (e.g. fine-tune the bundled model on your data).
 
@@ -107,14 +110,10 @@ def initialise_from(model: ScarNet, checkpoint: str) -> None:
                          f"(checkpoint vs config: {differ}); set the model keys to match it")
     state = source.state_dict()
     if widen:
-        first = FIRST_CONV
-        weight = state[first]
-        state[first] = torch.cat([weight, weight.new_zeros(weight.shape[0], model.config.input_channels - weight.shape[1],
-                                                           *weight.shape[2:])], 1)
+        weight = state[FIRST_CONV]
+        extra = weight.new_zeros(weight.shape[0], model.config.input_channels - weight.shape[1], *weight.shape[2:])
+        state[FIRST_CONV] = torch.cat([weight, extra], 1)
     model.load_state_dict(state)
-
-
-FIRST_CONV = "down.0.body.0.weight"   # ScarNet's first convolution: the only layer that sees the input channels
 
 
 def seed_everything(seed: int):
