@@ -70,6 +70,7 @@ class CascadeParams:
     rot90_tta: bool = False            # with flip_tta: all 8 rotations by 90° and their mirror images
     refine_passes: int = 3             # re-centre the crop on stage 2's own LV before the final pass, up to this often
     refine_stop_mm: float = 2.0        # ... stopping once a pass moves the centre less than this (0: every pass)
+    recentre_first_member: bool = False  # ... asking only an ensemble stage 2's first member (they need the LV's centre)
     neighbour_mm: float = 10.0         # 2.5-D stage 2: its neighbours are the slices nearest this far away
 
     def to_dict(self) -> dict:
@@ -81,11 +82,13 @@ class CascadeParams:
 
 
 class SegmentEnsemble(nn.Module):
-    """Several stage-2 networks that see the same crop; their class probabilities are averaged.
+    """Several networks that see stage 2's crop (stage-2 or refine networks); their class probabilities
+    are averaged.
 
     forward returns the log of the mean probability, so the softmax every caller applies gives that
-    mean back exactly. The members may differ in width and in how many neighbouring slices they see
-    (each takes the middle channels of the input); they share classes and grid."""
+    mean back exactly. Stage-2 members may differ in width and in how many neighbouring slices they see
+    (each takes the middle channels of the input); refine members take stage 2's probabilities laid out
+    per slice, so they must all see the same slices. All share classes and grid."""
 
     def __init__(self, members: list[ScarNet]):
         super().__init__()
@@ -95,6 +98,8 @@ class SegmentEnsemble(nn.Module):
         for net in members[1:]:
             if (net.config.num_classes, net.config.grid_size) != (first.num_classes, first.grid_size):
                 raise ValueError("ensemble members must share classes and grid")
+        if any(m.config.prior for m in members) and len({(m.config.prior, m.config.in_channels) for m in members}) > 1:
+            raise ValueError("refine-stage ensemble members must all take stage 2's probabilities for the same slices")
         self.members = nn.ModuleList(members)
 
     @property
@@ -103,8 +108,8 @@ class SegmentEnsemble(nn.Module):
         return replace(self.members[0].config, in_channels=max(m.config.in_channels for m in self.members))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        mean = torch.stack([torch.softmax(net(middle_channels(image, net.config.in_channels)).float(), 1)
-                            for net in self.members]).mean(0)
+        mean = torch.stack([torch.softmax(net(image if net.config.prior else middle_channels(image, net.config.in_channels))
+                                          .float(), 1) for net in self.members]).mean(0)
         return torch.log(mean.clamp_min(1e-12))
 
 
@@ -114,7 +119,7 @@ class ScarNetCascade(nn.Module):
 
     def __init__(self, locate: ScarNet, segment: ScarNet | SegmentEnsemble, locate_geometry: StageGeometry = LOCATE_GEOMETRY,
                  segment_geometry: StageGeometry = SEGMENT_GEOMETRY, params: CascadeParams = CascadeParams(),
-                 refine: ScarNet | None = None):
+                 refine: ScarNet | SegmentEnsemble | None = None):
         super().__init__()
         stages = [(locate, locate_geometry, LOCATE), (segment, segment_geometry, SEGMENT)]
         if refine is not None:
@@ -220,10 +225,13 @@ def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, auto
 def refine_centre(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device, autocast,
                   batch_size: int, step: int = 1) -> tuple[float, float]:
     """Stage 2's own LV centre (native pixels) over slices[index]; `centre` if it finds no LV."""
+    net = cascade.segment
+    if cascade.params.recentre_first_member and isinstance(net, SegmentEnsemble):
+        net = net.members[0]
     sums, count = np.zeros(2), 0
     for start in range(0, len(index), batch_size):
         probs = segment_crops(cascade, slices, index[start:start + batch_size], spacing, centre, device, autocast,
-                              tta=False, step=step)
+                              tta=False, step=step, net=net)
         _, rows, cols = np.nonzero(probs.argmax(1).numpy() > 0)
         sums += (rows.sum(), cols.sum())
         count += len(rows)
@@ -256,23 +264,24 @@ def _crops(slices: np.ndarray, positions: np.ndarray, spacing, centre, geometry:
 
 
 def segment_grid(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device,
-                 autocast, tta: bool = True, step: int = 1):
+                 autocast, tta: bool = True, step: int = 1, net: nn.Module | None = None):
     """Stage 2 on slices[index] (slices: the whole raw stack [N, h, w], which a 2.5-D network also
     takes the neighbours from) → ([n, K, g, g] class probabilities on the crop, the crop's mapping).
 
     tta: the model's test-time augmentation (flips, rotations, CascadeParams); False: the plain view only.
-    step: neighbour_step of the stack."""
-    positions = neighbour_indices(index, len(slices), cascade.segment.config.in_channels // 2, step)
+    step: neighbour_step of the stack. net: another network on stage 2's crop (default: stage 2)."""
+    net = cascade.segment if net is None else net
+    positions = neighbour_indices(index, len(slices), net.config.in_channels // 2, step)
     batch, mapping = _crops(slices, positions, spacing, centre, cascade.geometry[SEGMENT])
     with autocast():
-        probs = _tta(cascade.segment, batch.to(device), cascade.params if tta else None)
+        probs = _tta(net, batch.to(device), cascade.params if tta else None)
     return probs.cpu(), mapping
 
 
 def segment_crops(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device,
-                  autocast, tta: bool = True, step: int = 1) -> torch.Tensor:
+                  autocast, tta: bool = True, step: int = 1, net: nn.Module | None = None) -> torch.Tensor:
     """segment_grid's probabilities on the native grid: [n, K, h, w]."""
-    probs, mapping = segment_grid(cascade, slices, index, spacing, centre, device, autocast, tta, step)
+    probs, mapping = segment_grid(cascade, slices, index, spacing, centre, device, autocast, tta, step, net)
     return mapping.from_grid(probs)
 
 

@@ -148,6 +148,8 @@ class Segmenter:
             raise CheckpointError(f"{path}: a network that sees neighbouring slices (2.5-D) runs only as stage 2 "
                                   "of a v2 model; export it with training/export.py --locate")
         self.num_classes = self.model.num_classes if self.is_cascade else self.model.config.num_classes
+        if self.device.type == "cpu":   # oneDNN's convolutions run faster on channels-last tensors
+            self.model.to(memory_format=torch.channels_last)
 
     @property
     def model_info(self) -> dict:
@@ -235,9 +237,7 @@ class Segmenter:
             if np.hypot(*((np.subtract(centre, previous)) * spacing)) < self.model.params.refine_stop_mm:
                 break
         if self.model.refine is None:
-            for start in range(0, len(todo), batch_size):
-                self._check_cancel(cancel)
-                index = todo[start:start + batch_size]
+            for start, index in self._batches(todo, batch_size, cancel):
                 out.put(index, segment_crops(self.model, slices, index, spacing, centre, self.device, self._autocast,
                                              step=step))
                 if progress:
@@ -269,18 +269,20 @@ class Segmenter:
                 progress(reported, total)
 
         stage_2 = {}
-        for start in range(0, len(todo), batch_size):
-            self._check_cancel(cancel)
-            index = todo[start:start + batch_size]
+        for start, index in self._batches(todo, batch_size, cancel):
             probs, _ = segment_grid(self.model, slices, index, spacing, centre, self.device, self._autocast, step=step)
             stage_2.update(zip(index.tolist(), probs))
             advance(start + len(index))
-        for start in range(0, len(todo), batch_size):
-            self._check_cancel(cancel)
-            index = todo[start:start + batch_size]
+        for start, index in self._batches(todo, batch_size, cancel):
             out.put(index, refine_crops(self.model, slices, index, spacing, centre, stage_2, self.device,
                                         self._autocast, step=step))
             advance(len(todo) + start + len(index))
+
+    def _batches(self, todo: np.ndarray, batch_size: int, cancel):
+        """(start, slice indices) of each batch of todo, checking for cancellation before each."""
+        for start in range(0, len(todo), batch_size):
+            self._check_cancel(cancel)
+            yield start, todo[start:start + batch_size]
 
     def _drop_small_scar(self, labels: np.ndarray, image: sitk.Image) -> list[str]:
         """Case-level "no infarct": predicted scar below the model's minimum volume becomes healthy myocardium."""

@@ -288,6 +288,27 @@ def test_recentring_stops_once_the_centre_settles(tmp_path, positive_image, monk
     assert len(every) == 5 and every[:len(settled)] == pytest.approx(settled)
 
 
+def test_recentring_may_ask_only_the_first_ensemble_member(positive_image):
+    """recentre_first_member: the re-centring pass is the ensemble's first member's alone (the bundled
+    model's four real networks, 20 mm off the LV); without it, the whole ensemble's."""
+    from dataclasses import replace
+    from ScarNetCore.cascade import refine_centre
+    from ScarNetCore.resources import default_model_path
+    cascade, _ = load_checkpoint(default_model_path())
+    slices = sitk.GetArrayFromImage(positive_image[:, :, 2:5]).astype(np.float32)
+    spacing, centre = positive_image.GetSpacing()[1::-1], (120.0, 110.0)
+    first = ScarNetCascade(cascade.locate, cascade.segment.members[0], params=cascade.params)
+
+    def recentred(model, **params):
+        model.params = replace(model.params, **params)
+        with torch.no_grad():
+            return refine_centre(model, slices, np.arange(3), spacing, centre, "cpu", contextlib.nullcontext, 8)
+
+    alone = recentred(first)
+    assert recentred(cascade, recentre_first_member=True) == alone
+    assert recentred(cascade, recentre_first_member=False) != alone
+
+
 def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_slab):
     """Stage 1 finding nothing (threshold 0.999) in an image that fits in the 160 mm crop: stage 2 sees
     all of it; what it finds is kept when it is confident, else the result is empty and says no LV.
@@ -369,3 +390,46 @@ def test_the_refine_stage_sees_stage_2s_result_for_its_slice_and_neighbours():
     background[0] = 1
     unseen = {p: v for p, v in stage_2.items() if p != 1}
     assert torch.allclose(middle(unseen), middle({**stage_2, 1: background}))
+
+
+def test_a_refine_ensemble_averages_members_that_see_all_of_stage_2s_probabilities(tmp_path, positive_slab, capsys):
+    """Refine members take the whole input (slices and stage 2's probabilities, laid out per slice),
+    so an ensemble of them must agree on the slices they see; training/export.py builds one from
+    several --refine checkpoints, and the Segmenter runs it."""
+    from ScarNetCore.cascade import SegmentEnsemble
+    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.cli import main as cli
+    from ScarNetCore.inference import Segmenter
+    from training.export import main as export_main
+
+    first, second = _refine_net().eval(), _refine_net().eval()
+    torch.manual_seed(3)
+    for p in second.parameters():
+        p.data += 0.05 * torch.randn_like(p)
+    ensemble = SegmentEnsemble([first, second]).eval()
+    g = SEGMENT_GEOMETRY.grid_size
+    x = torch.rand(2, first.config.input_channels, g, g)
+    with torch.no_grad():
+        mean = (torch.softmax(first(x), 1) + torch.softmax(second(x), 1)) / 2
+        assert torch.allclose(torch.softmax(ensemble(x), 1), mean, atol=1e-6)
+    with pytest.raises(ValueError, match="same slices"):
+        SegmentEnsemble([first, _refine_net(channels=1)])
+
+    v2 = save_cascade(tmp_path / "v2.safetensors", _small_cascade(lv_threshold=0.3, min_stack_lv_mm2=0), name="t")
+    stage_2 = save_checkpoint(tmp_path / "segment.safetensors", load_checkpoint(v2)[0].segment,
+                              SEGMENT_GEOMETRY.preprocess())
+    refiners = [save_checkpoint(tmp_path / f"refine{i}.safetensors", net, SEGMENT_GEOMETRY.preprocess(),
+                                training_config={"refine": i}) for i, net in enumerate((first, second))]
+    target = tmp_path / "refined.safetensors"
+    assert export_main([str(stage_2), str(target), "--name", "r", "--licence", "test", "--locate", str(v2),
+                        "--refine", *map(str, refiners)]) == 0
+    loaded, meta = load_checkpoint(target)
+    assert isinstance(loaded.refine, SegmentEnsemble) and len(loaded.refine.members) == 2
+    assert meta["refine_training_config"] == [{"refine": 0}, {"refine": 1}]
+    with torch.no_grad():  # fp16 shipping weights: close to the float32 ensemble
+        assert torch.allclose(torch.softmax(loaded.refine(x), 1), mean, atol=2e-2)
+    result = Segmenter(target, device="cpu", precision="fp32").segment(positive_slab, return_probabilities=True)
+    assert result.labels.GetSize() == positive_slab.GetSize()
+    assert np.allclose(sitk.GetArrayFromImage(result.probabilities).sum(-1), 1, atol=1e-4)
+    assert cli(["info", "--model", str(target)]) == 0
+    assert "ensemble of 2 networks" in capsys.readouterr().out

@@ -122,12 +122,10 @@ def _sample_channels(stack: np.ndarray, coords: np.ndarray) -> np.ndarray:
 def _sample(image: np.ndarray, mask: np.ndarray, coords: np.ndarray):
     """Bilinear image, nearest mask and in-image indicator at source pixel coords [2, H, W]."""
     h, w = image.shape
-    grid = grid_sample_grid(coords, h, w)
-    src = torch.from_numpy(np.stack([image, mask.astype(np.float32)]))[:, None]
-    img = F.grid_sample(src[:1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
-    msk = F.grid_sample(src[1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0]
+    src = torch.from_numpy(mask.astype(np.float32))[None, None]
+    msk = F.grid_sample(src, grid_sample_grid(coords, h, w), mode="nearest", padding_mode="zeros", align_corners=False)
     inside = (coords[0] > -0.5) & (coords[0] < h - 0.5) & (coords[1] > -0.5) & (coords[1] < w - 0.5)
-    return img.numpy(), msk.numpy().astype(np.uint8), inside
+    return _sample_channels(image[None], coords)[0], msk[0, 0].numpy().astype(np.uint8), inside
 
 
 def _pose(rng: np.random.Generator, cfg: ViewConfig) -> np.ndarray:

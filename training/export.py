@@ -9,7 +9,8 @@ settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams). Several SOURC
 stage 2 whose probabilities are averaged (ScarNetCore.cascade.SegmentEnsemble); they must share the
 crop geometry. Metadata other than the metrics comes from the first SOURCE, except the training
 cases: an ensemble records the union of its members' cases (a refit member's train holds validation).
---refine adds the optional refine stage (a `data.stage: refine` checkpoint; its cases join the record).
+--refine adds the optional refine stage (a `data.stage: refine` checkpoint, or several: an ensemble; their cases
+join the record).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ScarNetCore.preprocessing import PreprocessConfig
 
 
 def export(sources: list[Path], target: Path, name: str, version: str, licence: str, metrics: dict | None,
-           locate: Path | None = None, cascade: dict | None = None, refine: Path | None = None) -> str:
+           locate: Path | None = None, cascade: dict | None = None, refine: list[Path] | None = None) -> str:
     loaded = [load_checkpoint(source) for source in sources]
     model, meta = loaded[0]
     keep = {k: meta[k] for k in ("training_data", "training_config") if k in meta}
@@ -39,7 +40,7 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
         all_metrics.update(metrics)
     encoders = sorted({net.config.encoder for net, _ in loaded})
     release = dict(name=name, version=version, licence=licence, encoder="+".join(encoders), **keep)
-    if locate is None and refine is not None:
+    if locate is None and refine:
         raise ValueError("--refine needs --locate: the refine stage is part of a v2 model")
     if locate is None:
         if len(loaded) > 1:
@@ -73,11 +74,12 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
             all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
             release["locate_training_config"] = locate_meta.get("training_config")
         refiner = None
-        if refine is not None:
-            refiner, refine_meta = load_checkpoint(refine)
-            all_metrics["refine_validation"] = refine_meta.get("metrics", {}).get("validation")
-            release["refine_training_config"] = refine_meta.get("training_config")
-            union = _union_of_cases([release.get("training_data"), refine_meta.get("training_data")])
+        if refine:
+            refiners = [load_checkpoint(path) for path in refine]
+            refiner = refiners[0][0] if len(refiners) == 1 else SegmentEnsemble([net for net, _ in refiners])
+            all_metrics["refine_validation"] = [m.get("metrics", {}).get("validation") for _, m in refiners]
+            release["refine_training_config"] = [m.get("training_config") for _, m in refiners]
+            union = _union_of_cases([release.get("training_data")] + [m.get("training_data") for _, m in refiners])
             if union:
                 release["training_data"] = union
         stages = ScarNetCascade(locator, segment, locate_geometry, geometries.pop(),
@@ -111,7 +113,8 @@ def main(argv=None):
     parser.add_argument("--metrics", type=Path, help="JSON of named metric sets to add to metadata 'metrics' "
                         "(e.g. {\"test\": {...}})")
     parser.add_argument("--locate", type=Path, help="model v2: the locate-stage checkpoint (SOURCE is the segment stage)")
-    parser.add_argument("--refine", type=Path, help="model v2: the optional refine-stage checkpoint (data.stage refine)")
+    parser.add_argument("--refine", type=Path, nargs="+", help="model v2: the optional refine-stage checkpoint "
+                        "(data.stage refine; several: an ensemble)")
     parser.add_argument("--cascade", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model v2 settings, e.g. min_scar_ml=1.5 low_confidence=0.8")
     args = parser.parse_args(argv)
