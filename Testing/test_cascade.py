@@ -297,7 +297,8 @@ def test_recentring_may_ask_only_the_first_ensemble_member(positive_image):
     cascade, _ = load_checkpoint(default_model_path())
     slices = sitk.GetArrayFromImage(positive_image[:, :, 2:5]).astype(np.float32)
     spacing, centre = positive_image.GetSpacing()[1::-1], (120.0, 110.0)
-    first = ScarNetCascade(cascade.locate, cascade.segment.members[0], params=cascade.params)
+    first = ScarNetCascade(cascade.locate, cascade.segment.members[0], cascade.geometry["locate"],
+                           cascade.geometry["segment"], cascade.params)
 
     def recentred(model, **params):
         model.params = replace(model.params, **params)
@@ -433,3 +434,23 @@ def test_a_refine_ensemble_averages_members_that_see_all_of_stage_2s_probabiliti
     assert np.allclose(sitk.GetArrayFromImage(result.probabilities).sum(-1), 1, atol=1e-4)
     assert cli(["info", "--model", str(target)]) == 0
     assert "ensemble of 2 networks" in capsys.readouterr().out
+    from dataclasses import replace
+    elsewhere = save_checkpoint(tmp_path / "finer.safetensors", second,
+                                replace(SEGMENT_GEOMETRY, spacing_mm=1.0).preprocess())
+    with pytest.raises(ValueError, match="stage 2's crop"):
+        export_main([str(stage_2), str(tmp_path / "no.safetensors"), "--name", "r", "--licence", "test",
+                     "--locate", str(v2), "--refine", str(refiners[0]), str(elsewhere)])
+
+
+def test_channels_last_on_cpu_gives_the_labels_of_the_plain_layout(positive_slab):
+    """The Segmenter runs its networks on channels-last tensors on CPU (faster convolutions): the
+    bundled model's result is that of the plain layout, up to float rounding."""
+    from ScarNetCore.inference import Segmenter
+    segmenter = Segmenter(device="cpu", precision="fp32")
+    assert segmenter.model.refine.down[0].body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    fast = segmenter.segment(positive_slab, return_probabilities=True)
+    segmenter.model.to(memory_format=torch.contiguous_format)
+    plain = segmenter.segment(positive_slab, return_probabilities=True)
+    assert np.mean(sitk.GetArrayFromImage(fast.labels) != sitk.GetArrayFromImage(plain.labels)) < 1e-4
+    assert np.allclose(sitk.GetArrayFromImage(fast.probabilities), sitk.GetArrayFromImage(plain.probabilities),
+                       atol=1e-3)

@@ -10,7 +10,7 @@ stage 2 whose probabilities are averaged (ScarNetCore.cascade.SegmentEnsemble); 
 crop geometry. Metadata other than the metrics comes from the first SOURCE, except the training
 cases: an ensemble records the union of its members' cases (a refit member's train holds validation).
 --refine adds the optional refine stage (a `data.stage: refine` checkpoint, or several: an ensemble; their cases
-join the record).
+join the record, their validation metrics and training configs are listed, one per network).
 """
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
         refiner = None
         if refine:
             refiners = [load_checkpoint(path) for path in refine]
+            crops = {StageGeometry.of(PreprocessConfig.from_dict(m["preprocessing"])) for _, m in refiners}
+            if crops != geometries:
+                raise ValueError(f"the refine stage must see stage 2's crop {next(iter(geometries))}, not {crops}")
             refiner = refiners[0][0] if len(refiners) == 1 else SegmentEnsemble([net for net, _ in refiners])
             all_metrics["refine_validation"] = [m.get("metrics", {}).get("validation") for _, m in refiners]
             release["refine_training_config"] = [m.get("training_config") for _, m in refiners]
