@@ -121,13 +121,12 @@ def _build(meta: dict) -> ScarNet | ScarNetCascade:
     unknown = set(stages) - {LOCATE, SEGMENT, REFINE}
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; a newer ScarNet may be needed")
-    nets = {name: _stage_net(stages[name]) for name in (LOCATE, SEGMENT)}
-    geometry = {name: StageGeometry.from_dict(stages[name]["geometry"]) for name in (LOCATE, SEGMENT)}
-    if REFINE in stages and StageGeometry.from_dict(stages[REFINE]["geometry"]) != geometry[SEGMENT]:
+    nets = {name: _stage_net(stage) for name, stage in stages.items()}
+    geometry = {name: StageGeometry.from_dict(stage["geometry"]) for name, stage in stages.items()}
+    if geometry.get(REFINE, geometry[SEGMENT]) != geometry[SEGMENT]:
         raise ValueError("the refine stage must see stage 2's crop (the same geometry)")
-    refine = _stage_net(stages[REFINE]) if REFINE in stages else None
     return ScarNetCascade(nets[LOCATE], nets[SEGMENT], geometry[LOCATE], geometry[SEGMENT],
-                          CascadeParams.from_dict(meta.get("cascade")), refine)
+                          CascadeParams.from_dict(meta.get("cascade")), nets.get(REFINE))
 
 
 def _stage_net(stage: dict) -> ScarNet | SegmentEnsemble:
