@@ -202,9 +202,11 @@ def _tta(net: ScarNet, batch: torch.Tensor, params: CascadeParams | None) -> tor
 def whole_image_location(shape, spacing_mm, cascade: "ScarNetCascade", count: int) -> LVLocation | None:
     """When stage 1 finds no LV in an image that fits in one stage-2 crop (a user's crop to the heart),
     stage 2 looks at all of it and decides: stage 2 is trained on such crops, stage 1 has nothing to choose.
-    None when the image is larger than the crop."""
+    None when the image is larger than the crop, or too small to hold the smallest LV cross-section."""
     geometry = cascade.geometry[SEGMENT]
     if any(n * s > geometry.grid_size * geometry.spacing_mm for n, s in zip(shape, spacing_mm)):
+        return None
+    if np.prod(shape) * np.prod(spacing_mm) < cascade.params.min_stack_lv_mm2:
         return None
     return LVLocation(True, tuple((n - 1) / 2 for n in shape), np.ones(count, bool))
 

@@ -313,11 +313,12 @@ def test_recentring_may_ask_only_the_first_ensemble_member(positive_image):
 def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_slab):
     """Stage 1 finding nothing (threshold 0.999) in an image that fits in the 160 mm crop: stage 2 sees
     all of it; what it finds is kept when it is confident, else the result is empty and says no LV.
-    An image larger than the crop still stops at stage 1."""
+    An image larger than the crop, or smaller than the smallest LV cross-section, still stops at stage 1."""
     from ScarNetCore.inference import Segmenter
     small, large = positive_slab[60:160, 60:160, :], positive_slab        # 141 mm and 349 mm wide
     assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2).centre == (49.5, 49.5)
     assert whole_image_location((100, 120), (1.41, 1.41), _small_cascade(), 2) is None
+    assert whole_image_location((20, 20), (1.0, 1.0), _small_cascade(min_stack_lv_mm2=600.0), 2) is None  # 400 mm²
     kept = Segmenter(save_cascade(tmp_path / "kept.safetensors", _small_cascade(lv_threshold=0.999, low_confidence=0.0),
                                   name="t"), device="cpu", precision="fp32")
     result = kept.segment(small)

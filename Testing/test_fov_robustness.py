@@ -4,8 +4,9 @@ On the two real EMIDEC volumes (real spacing; not training cases of the model): 
 to about 100 mm around the heart, cropped to 96 mm and resampled to 0.75 mm pixels (another centre's
 heart-centred stack), and padded to about 400 mm with the heart off-centre. The myocardium Dice of
 each stays within 0.03 of the uncropped result's, both scored on the changed grid against the
-same reference, and no result is empty. Noise, a smooth non-anatomical image and a chest region without the heart come
-back with no LV, or flagged.
+same reference, and no result is empty. Noise, a smooth non-anatomical image, a chest region without the heart
+and real images that are not hearts (brain MRI and a photograph that ship inside nibabel and matplotlib) come back
+with no LV, or flagged.
 """
 from __future__ import annotations
 
@@ -127,5 +128,40 @@ def test_inputs_that_are_not_hearts_are_not_called_hearts(segmenter, kind):
         assert not (sitk.GetArrayFromImage(labels[x0:x0 + side, :, :]) > 0).any()
     result = segmenter.segment(test)
     myo_ml = myocardium_mask(sitk.GetArrayFromImage(result.labels)).sum() * np.prod(test.GetSpacing()) / 1000
+    print(f"{kind}: flags {result.qc_flags}, myocardium {myo_ml:.1f} mL")
+    assert "no_lv_found" in result.qc_flags or "low_confidence" in result.qc_flags
+
+
+def _packaged_image(kind: str) -> sitk.Image:
+    """Real non-cardiac images that ship inside installed packages (nothing is downloaded)."""
+    import gzip
+    from pathlib import Path
+
+    import matplotlib
+    import matplotlib.image
+    import nibabel
+    nib_data = Path(nibabel.__file__).parent / "tests" / "data"
+    mpl_data = Path(matplotlib.get_data_path()) / "sample_data"
+    if kind == "brain EPI volume":  # 128 x 96 x 24 at 2 x 2 x 2.2 mm: first frame of a 4-D fMRI series
+        return sitk.ReadImage(str(nib_data / "example4d.nii.gz"))[:, :, :, 0]
+    if kind == "brain MRI volume":
+        return sitk.ReadImage(str(nib_data / "anatomical.nii"))
+    if kind == "brain MRI slice":  # 256 x 256 uint16, little-endian
+        pixels = np.frombuffer(gzip.open(mpl_data / "s1045.ima.gz").read(), "<u2").reshape(1, 256, 256)
+        spacing = (0.9, 0.9, 5.0)
+    else:  # a photograph, as a grey one-slice stack at 1 mm pixels
+        pixels = matplotlib.image.imread(mpl_data / "grace_hopper.jpg").mean(-1)[None]
+        spacing = (1.0, 1.0, 10.0)
+    image = sitk.GetImageFromArray(pixels.astype(np.float32))
+    image.SetSpacing(spacing)
+    return image
+
+
+@pytest.mark.parametrize("kind", ["brain EPI volume", "brain MRI volume", "brain MRI slice", "photograph"])
+def test_real_images_that_are_not_hearts_are_not_called_hearts(segmenter, kind):
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    image = _packaged_image(kind)
+    result = segmenter.segment(image)
+    myo_ml = myocardium_mask(sitk.GetArrayFromImage(result.labels)).sum() * np.prod(image.GetSpacing()) / 1000
     print(f"{kind}: flags {result.qc_flags}, myocardium {myo_ml:.1f} mL")
     assert "no_lv_found" in result.qc_flags or "low_confidence" in result.qc_flags
