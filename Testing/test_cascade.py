@@ -319,6 +319,7 @@ def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_s
     assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2).centre == (49.5, 49.5)
     assert whole_image_location((100, 120), (1.41, 1.41), _small_cascade(), 2) is None
     assert whole_image_location((20, 20), (1.0, 1.0), _small_cascade(min_stack_lv_mm2=600.0), 2) is None  # 400 mm²
+    assert whole_image_location((20, 30), (1.0, 1.0), _small_cascade(min_stack_lv_mm2=600.0), 2) is not None
     kept = Segmenter(save_cascade(tmp_path / "kept.safetensors", _small_cascade(lv_threshold=0.999, low_confidence=0.0),
                                   name="t"), device="cpu", precision="fp32")
     result = kept.segment(small)
