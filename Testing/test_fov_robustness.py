@@ -6,7 +6,7 @@ heart-centred stack), and padded to about 400 mm with the heart off-centre. The 
 each stays within 0.03 of the uncropped result's, both scored on the changed grid against the
 same reference, and no result is empty. Noise, a smooth non-anatomical image, a chest region without the heart
 and real images that are not hearts (brain MRI and a photograph that ship inside nibabel and matplotlib) come back
-with no LV, or flagged.
+with no LV, or flagged; two more (an elevation map, a picture of a parcel) are known failures, marked so.
 """
 from __future__ import annotations
 
@@ -143,9 +143,18 @@ def _packaged_image(kind: str) -> sitk.Image:
     nib_data = Path(nibabel.__file__).parent / "tests" / "data"
     mpl_data = Path(matplotlib.get_data_path()) / "sample_data"
     needed = {"brain EPI volume": nib_data / "example4d.nii.gz", "brain MRI volume": nib_data / "anatomical.nii",
-              "brain MRI slice": mpl_data / "s1045.ima.gz", "photograph": mpl_data / "grace_hopper.jpg"}[kind]
+              "brain MRI slice": mpl_data / "s1045.ima.gz", "photograph": mpl_data / "grace_hopper.jpg",
+              "elevation map": mpl_data / "topobathy.npz", "picture of a parcel": mpl_data / "Minduka_Present_Blue_Pack.png"}[kind]
     if not needed.exists():
         pytest.skip(f"{needed} is not in this installation of nibabel/matplotlib")
+    if kind in ("elevation map", "picture of a parcel"):  # 8 copies of a 2-D image at 1 mm pixels
+        if kind == "elevation map":
+            pixels = np.load(needed)["topo"]
+        else:
+            pixels = matplotlib.image.imread(needed)[..., :3].mean(-1)
+        image = sitk.GetImageFromArray(np.repeat(pixels[None], 8, 0).astype(np.float32))
+        image.SetSpacing((1.0, 1.0, 10.0))
+        return image
     if kind == "brain EPI volume":  # 128 x 96 x 24 at 2 x 2 x 2.2 mm: first frame of a 4-D fMRI series
         return sitk.ReadImage(str(nib_data / "example4d.nii.gz"))[:, :, :, 0]
     if kind == "brain MRI volume":
@@ -161,7 +170,15 @@ def _packaged_image(kind: str) -> sitk.Image:
     return image
 
 
-@pytest.mark.parametrize("kind", ["brain EPI volume", "brain MRI volume", "brain MRI slice", "photograph"])
+# Known failures (v2.9): a heart-sized, ring-like patch in a small image is drawn as a confident heart
+# (elevation map 145 mL flagged only lv_at_image_edge; parcel 97 mL, no flag). Stage 2 has never seen
+# such images; strict, so the day they pass the marks must go.
+KNOWN_FAILURE = pytest.mark.xfail(strict=True, reason="stage 2 calls a confident heart in this non-cardiac image")
+
+
+@pytest.mark.parametrize("kind", ["brain EPI volume", "brain MRI volume", "brain MRI slice", "photograph",
+                                  pytest.param("elevation map", marks=KNOWN_FAILURE),
+                                  pytest.param("picture of a parcel", marks=KNOWN_FAILURE)])
 def test_real_images_that_are_not_hearts_are_not_called_hearts(segmenter, kind):
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     image = _packaged_image(kind)
