@@ -126,10 +126,23 @@ def test_inputs_that_are_not_hearts_are_not_called_hearts(segmenter, kind):
         x0 = 0 if x_lv.min() > side else image.GetSize()[0] - side
         test = image[x0:x0 + side, :, :]
         assert not (sitk.GetArrayFromImage(labels[x0:x0 + side, :, :]) > 0).any()
-    result = segmenter.segment(test)
-    myo_ml = myocardium_mask(sitk.GetArrayFromImage(result.labels)).sum() * np.prod(test.GetSpacing()) / 1000
-    print(f"{kind}: flags {result.qc_flags}, myocardium {myo_ml:.1f} mL")
+    _assert_not_a_confident_heart(segmenter, test, kind)
+
+
+def _assert_not_a_confident_heart(segmenter, image: sitk.Image, kind: str) -> None:
+    result = segmenter.segment(image)
+    myo_ml = myocardium_mask(sitk.GetArrayFromImage(result.labels)).sum() * np.prod(image.GetSpacing()) / 1000
+    print(f"{kind}: flags {result.qc_flags}, myocardium {myo_ml:.1f} mL, confidence {result.confidence}")
     assert "no_lv_found" in result.qc_flags or "low_confidence" in result.qc_flags
+
+
+# kind: (package, file in its data folder, and for a 2-D image: copies stacked, spacing in mm)
+PACKAGED = {"brain EPI volume": ("nibabel", "example4d.nii.gz", None),     # 4-D fMRI series: its first frame
+            "brain MRI volume": ("nibabel", "anatomical.nii", None),
+            "brain MRI slice": ("matplotlib", "s1045.ima.gz", (1, (0.9, 0.9, 5.0))),
+            "photograph": ("matplotlib", "grace_hopper.jpg", (1, (1.0, 1.0, 10.0))),
+            "elevation map": ("matplotlib", "topobathy.npz", (8, (1.0, 1.0, 10.0))),
+            "picture of a parcel": ("matplotlib", "Minduka_Present_Blue_Pack.png", (8, (1.0, 1.0, 10.0)))}
 
 
 def _packaged_image(kind: str) -> sitk.Image:
@@ -140,32 +153,23 @@ def _packaged_image(kind: str) -> sitk.Image:
     import matplotlib
     import matplotlib.image
     import nibabel
-    nib_data = Path(nibabel.__file__).parent / "tests" / "data"
-    mpl_data = Path(matplotlib.get_data_path()) / "sample_data"
-    needed = {"brain EPI volume": nib_data / "example4d.nii.gz", "brain MRI volume": nib_data / "anatomical.nii",
-              "brain MRI slice": mpl_data / "s1045.ima.gz", "photograph": mpl_data / "grace_hopper.jpg",
-              "elevation map": mpl_data / "topobathy.npz", "picture of a parcel": mpl_data / "Minduka_Present_Blue_Pack.png"}[kind]
-    if not needed.exists():
-        pytest.skip(f"{needed} is not in this installation of nibabel/matplotlib")
-    if kind in ("elevation map", "picture of a parcel"):  # 8 copies of a 2-D image at 1 mm pixels
-        if kind == "elevation map":
-            pixels = np.load(needed)["topo"]
-        else:
-            pixels = matplotlib.image.imread(needed)[..., :3].mean(-1)
-        image = sitk.GetImageFromArray(np.repeat(pixels[None], 8, 0).astype(np.float32))
-        image.SetSpacing((1.0, 1.0, 10.0))
-        return image
-    if kind == "brain EPI volume":  # 128 x 96 x 24 at 2 x 2 x 2.2 mm: first frame of a 4-D fMRI series
-        return sitk.ReadImage(str(nib_data / "example4d.nii.gz"))[:, :, :, 0]
-    if kind == "brain MRI volume":
-        return sitk.ReadImage(str(nib_data / "anatomical.nii"))
-    if kind == "brain MRI slice":  # 256 x 256 uint16, little-endian
-        pixels = np.frombuffer(gzip.open(mpl_data / "s1045.ima.gz").read(), "<u2").reshape(1, 256, 256)
-        spacing = (0.9, 0.9, 5.0)
-    else:  # a photograph, as a grey one-slice stack at 1 mm pixels
-        pixels = matplotlib.image.imread(mpl_data / "grace_hopper.jpg").mean(-1)[None]
-        spacing = (1.0, 1.0, 10.0)
-    image = sitk.GetImageFromArray(pixels.astype(np.float32))
+    package, name, stack = PACKAGED[kind]
+    folder = (Path(nibabel.__file__).parent / "tests" / "data" if package == "nibabel"
+              else Path(matplotlib.get_data_path()) / "sample_data")
+    path = folder / name
+    if not path.exists():
+        pytest.skip(f"{path} is not in this installation of {package}")
+    if stack is None:
+        image = sitk.ReadImage(str(path))
+        return image[:, :, :, 0] if image.GetDimension() == 4 else image
+    if path.suffix == ".gz":    # 256 x 256 uint16, little-endian
+        pixels = np.frombuffer(gzip.open(path).read(), "<u2").reshape(256, 256)
+    elif path.suffix == ".npz":
+        pixels = np.load(path)["topo"]
+    else:                       # a picture, in grey
+        pixels = matplotlib.image.imread(path)[..., :3].mean(-1)
+    copies, spacing = stack
+    image = sitk.GetImageFromArray(np.repeat(pixels[None], copies, 0).astype(np.float32))
     image.SetSpacing(spacing)
     return image
 
@@ -181,8 +185,4 @@ KNOWN_FAILURE = pytest.mark.xfail(strict=True, reason="stage 2 calls a confident
                                   pytest.param("picture of a parcel", marks=KNOWN_FAILURE)])
 def test_real_images_that_are_not_hearts_are_not_called_hearts(segmenter, kind):
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
-    image = _packaged_image(kind)
-    result = segmenter.segment(image)
-    myo_ml = myocardium_mask(sitk.GetArrayFromImage(result.labels)).sum() * np.prod(image.GetSpacing()) / 1000
-    print(f"{kind}: flags {result.qc_flags}, myocardium {myo_ml:.1f} mL, confidence {result.confidence}")
-    assert "no_lv_found" in result.qc_flags or "low_confidence" in result.qc_flags
+    _assert_not_a_confident_heart(segmenter, _packaged_image(kind), kind)
