@@ -157,6 +157,7 @@ class LVLocation:
     centre: tuple[float, float] | None = None     # native pixels (row, column), shared by all slices
     slices: np.ndarray | None = None              # bool [N]: slices that get stage-2 work
     at_edge: bool = False                         # the LV touches the image border: part may be cut off
+    largest_mm2: float = 0.0                      # stage 1's largest LV cross-section, found or not
 
 
 def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params: CascadeParams) -> LVLocation:
@@ -170,9 +171,9 @@ def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params:
     lv = components == int(np.argmax(mass)) + 1
     area_mm2 = lv.sum(axis=(1, 2)) * pixel_mm2
     if area_mm2.max() < params.min_stack_lv_mm2:
-        return LVLocation(False)
+        return LVLocation(False, largest_mm2=float(area_mm2.max()))
     centre = tuple(float(c) for c in ndimage.center_of_mass(lv.any(0)))
-    return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, touches_border(lv))
+    return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, touches_border(lv), float(area_mm2.max()))
 
 
 def touches_border(mask: np.ndarray) -> bool:
@@ -200,10 +201,15 @@ def _tta(net: ScarNet, batch: torch.Tensor, params: CascadeParams | None) -> tor
     return probs / len(views)
 
 
-def whole_image_location(shape, spacing_mm, cascade: "ScarNetCascade", count: int) -> LVLocation | None:
-    """When stage 1 finds no LV in an image that fits in one stage-2 crop (a user's crop to the heart),
-    stage 2 looks at all of it and decides: stage 2 is trained on such crops, stage 1 has nothing to choose.
-    None when the image is larger than the crop, or too small to hold the smallest LV cross-section."""
+def whole_image_location(shape, spacing_mm, cascade: "ScarNetCascade", count: int,
+                         stage_1_mm2: float) -> LVLocation | None:
+    """When stage 1 sees an LV too small to trust (stage_1_mm2, its largest cross-section, below
+    min_stack_lv_mm2) in an image that fits in one stage-2 crop (a user's crop to the heart), stage 2
+    looks at all of it and decides: stage 2 is trained on such crops. None when stage 1 saw less than
+    one slice's worth of LV (min_lv_area_mm2: nothing to confirm; a non-cardiac picture may still look
+    like a heart to stage 2), the image is larger than the crop, or too small to hold the smallest LV."""
+    if stage_1_mm2 < cascade.params.min_lv_area_mm2:
+        return None
     geometry = cascade.geometry[SEGMENT]
     if any(n * s > geometry.grid_size * geometry.spacing_mm for n, s in zip(shape, spacing_mm)):
         return None
@@ -213,6 +219,11 @@ def whole_image_location(shape, spacing_mm, cascade: "ScarNetCascade", count: in
 
 
 def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, autocast, batch_size: int) -> LVLocation:
+    return find_lv(lv_probability(cascade, slices, spacing, device, autocast, batch_size), spacing, cascade.params)
+
+
+def lv_probability(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, autocast, batch_size: int) -> np.ndarray:
+    """Stage 1's LV probability [N, h, w] on the native grid."""
     geometry = cascade.geometry[LOCATE]
     normalised = np.stack([normalize_intensity(s, geometry.percentiles) for s in slices])
     mapping = GridMapping.for_slice(slices.shape[-2:], spacing, geometry.preprocess())
@@ -222,7 +233,7 @@ def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, auto
         with autocast():
             probs = torch.softmax(cascade.locate(batch.to(device)).float(), 1)
         lv[start:start + len(batch)] = mapping.from_grid(probs.cpu())[:, 1:].sum(1).numpy()
-    return find_lv(lv, spacing, cascade.params)
+    return lv
 
 
 def refine_centre(cascade: ScarNetCascade, slices: np.ndarray, index: np.ndarray, spacing, centre, device, autocast,

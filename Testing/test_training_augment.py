@@ -163,6 +163,42 @@ def test_locate_views_mostly_frame_the_heart_near_the_middle():
     assert near >= 0.7 * 200 and far >= 0.05 * 200
 
 
+def test_locate_views_include_heart_crops_and_small_non_cardiac_images():
+    """Stage-1 views for heart-centred inputs and non-hearts: a user's crop (p_heart_crop) shows the
+    LV (most of it) in a field of view of at most user_crop_mm, black around it; a non-heart placed as a
+    small image (p_negative_window) is black outside a centred window and has an empty target; the
+    structured non-hearts (fractal textures, shape scenes) have regions and edges, not pixel noise."""
+    from ScarNetCore.cascade import LOCATE_GEOMETRY
+    from training.cascade_data import StageViews, ViewConfig, fractal_noise, shape_scene, synthetic_negative
+    from training.data import SliceSample
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:256, :256]
+    lv = ((yy - 128) ** 2 + (xx - 128) ** 2 < 24 ** 2).astype(np.uint8)
+    samples = [SliceSample("Case_X", 0, ndimage.gaussian_filter(rng.random((256, 256)), 2).astype(np.float32) + 0.1, lv)]
+    g, mm = LOCATE_GEOMETRY.grid_size, LOCATE_GEOMETRY.spacing_mm
+    crops = StageViews(samples, "locate", LOCATE_GEOMETRY, 1.25, seed=0,
+                       view_cfg=ViewConfig(p_negative=0, p_heart_crop=1, user_crop_mm=(80.0, 120.0)))
+    negatives = StageViews(samples, "locate", LOCATE_GEOMETRY, 1.25, seed=0,
+                           view_cfg=ViewConfig(p_negative=1, p_negative_window=1, structured_negatives=True))
+    for epoch in range(20):
+        crops.set_epoch(epoch)
+        negatives.set_epoch(epoch)
+        view = crops[0]
+        rows, cols = np.nonzero(view["image"][0].numpy())
+        assert (np.ptp(rows) + 1) * mm <= 120 + 2 * mm and (np.ptp(cols) + 1) * mm <= 120 + 2 * mm
+        assert view["mask"].sum() * mm ** 2 > 0.4 * np.pi * (24 * 1.25) ** 2   # most of the LV is inside (zoom 0.8-1.25)
+        view = negatives[0]
+        assert not view["mask"].any()
+        image = view["image"][0].numpy()
+        assert not image[0].any() and not image[:, 0].any()        # the window leaves the grid's border black
+    for seed in range(5):   # structured: neighbouring pixels alike (regions, edges), unlike pixel noise
+        for make in (fractal_noise, shape_scene):
+            x = make((g, g), np.random.default_rng(seed))
+            assert x.std() > 0 and np.corrcoef(x[:, :-1].ravel(), x[:, 1:].ravel())[0, 1] > 0.5
+        x = synthetic_negative((g, g), np.random.default_rng(seed), structured=True)
+        assert x.min() >= 0 and x.max() <= 1
+
+
 def test_refine_views_carry_stage_2s_probabilities_through_the_same_maps():
     """Refine-stage views: after the slices come stage 2's probabilities (classes 1..4) of each slice,
     resampled through that slice's crop; given one-hot reference masks, they match the view's mask

@@ -3,9 +3,10 @@
 Both stages see what inference will give them (ScarNetCore/cascade.py), resampled from the
 slice at its pixel spacing by one affine map per view (torch grid_sample):
 - locate: the slice as a scanner's field of view (80–450 mm, square or not, the heart anywhere in
-  it, partly or not at all), rotated, flipped and zoomed, placed centred on the coarse grid with
-  black outside; intensity normalised over the field of view only. Target: LV (blood pool +
-  myocardium) or not. Some views are synthetic non-hearts (noise, blank, smooth blobs).
+  it, partly or not at all, or a user's crop close around it), rotated, flipped and zoomed, placed
+  centred on the coarse grid with black outside; intensity normalised over the field of view only.
+  Target: LV (blood pool + myocardium) or not. Some views are synthetic non-hearts (noise, blank,
+  smooth blobs, fractal textures, scenes of overlapping shapes), whole-grid or as a smaller image.
 - segment: a crop at the fine spacing centred on the case's LV centre plus a jitter as large as
   the localisation error, rotated, flipped, zoomed; sometimes the image itself is cut to a small
   field of view around the heart first (a user's crop: the window then holds padding). Normalised
@@ -38,12 +39,15 @@ class ViewConfig:
     fov_mm: tuple[float, float] = (80.0, 450.0)   # locate: simulated field of view (side)
     p_negative: float = 0.12                      # locate: synthetic non-cardiac input, empty target
     p_heart_anywhere: float = 0.25                # locate: the LV anywhere (else in the middle 40 % of the view)
+    p_heart_crop: float = 0.0                     # locate: a user's crop around the heart (user_crop_mm)
+    p_negative_window: float = 0.0                # locate: a non-heart as a small image (a field of view) in the grid
+    structured_negatives: bool = False            # locate: non-hearts include fractal textures and shape scenes
     jitter_mm: float = 12.0                       # segment: crop-centre jitter (sd), ~ localisation error
     scale: tuple[float, float] = (0.8, 1.25)      # zoom: covers the pixel-spacing spread of the PNG export
     p_flip: float = 0.5
     p_negative_segment: float = 0.03              # segment: noise crops with an empty target
     p_user_crop: float = 0.3                      # segment: the image was cropped close to the heart
-    user_crop_mm: tuple[float, float] = (80.0, 200.0)   # side of such a crop (the heart stays inside)
+    user_crop_mm: tuple[float, float] = (80.0, 200.0)   # side of such a crop (the heart stays inside; both stages)
     p_reverse: float = 0.5                        # segment, 2.5-D: the stack runs apex to base, not base to apex
     p_no_context: float = 0.1                     # segment, 2.5-D: a lone slice (its neighbours are itself)
     neighbour_shift_mm: float = 1.5               # segment, 2.5-D: breath-hold misregistration between slices (sd)
@@ -70,9 +74,10 @@ class CaseSlices:
             (np.array(self.images.shape[1:]) - 1) / 2
 
 
-def synthetic_negative(shape, rng: np.random.Generator) -> np.ndarray:
-    """Inputs that are not hearts: noise of several kinds, a blank or constant image, smooth blobs."""
-    kind = rng.integers(5)
+def synthetic_negative(shape, rng: np.random.Generator, structured: bool = False) -> np.ndarray:
+    """Inputs that are not hearts: noise of several kinds, a blank or constant image, smooth blobs;
+    with `structured`, mostly (60 %) fractal textures (terrain, clouds) and scenes of overlapping shapes."""
+    kind = rng.integers(5, 7) if structured and rng.random() < 0.6 else rng.integers(5)
     if kind == 0:
         x = rng.normal(0.5, rng.uniform(0.05, 0.3), shape)
     elif kind == 1:
@@ -82,10 +87,42 @@ def synthetic_negative(shape, rng: np.random.Generator) -> np.ndarray:
         x = np.full(shape, rng.uniform(0, 1))
     elif kind == 3:
         x = ndimage.gaussian_filter(rng.normal(0, 1, shape), rng.uniform(2, 12))
-    else:
+    elif kind == 4:
         x = rng.uniform(0, 1, shape)
+    elif kind == 5:
+        x = fractal_noise(shape, rng)
+    else:
+        x = shape_scene(shape, rng)
     x = x - x.min()
     return (x / x.max() if x.max() > 0 else x).astype(np.float32)
+
+
+def fractal_noise(shape, rng: np.random.Generator) -> np.ndarray:
+    """Noise with a 1/f^β power spectrum (β 1.5–3.5): from rough texture to smooth terrain or clouds."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(shape[0]), np.fft.fftfreq(shape[1]), indexing="ij")
+    f = np.hypot(fy, fx)
+    f[0, 0] = np.inf
+    spectrum = np.fft.fft2(rng.normal(0, 1, shape)) * f ** (-rng.uniform(1.5, 3.5) / 2)
+    return np.real(np.fft.ifft2(spectrum))
+
+
+def shape_scene(shape, rng: np.random.Generator) -> np.ndarray:
+    """Overlapping ellipses and rectangles of random size, brightness and shading on a textured
+    background, like an object photographed: edges and regions, but no anatomy."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]].astype(np.float32)
+    size = min(shape)
+    x = rng.uniform(0, 1) + rng.uniform(0, 0.5) * fractal_noise(shape, rng) / 3
+    for _ in range(rng.integers(2, 12)):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        a, b = rng.uniform(0.04, 0.4, 2) * size
+        t = rng.uniform(0, np.pi)
+        u = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t)
+        v = -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
+        inside = (u / a) ** 2 + (v / b) ** 2 <= 1 if rng.random() < 0.5 else (np.abs(u) <= a) & (np.abs(v) <= b)
+        shading = rng.uniform(0, 1) + rng.uniform(-0.5, 0.5) * u / a
+        x = np.where(inside, shading, x)
+    x = ndimage.gaussian_filter(x, rng.uniform(0, 2))
+    return x + rng.uniform(0, 0.05) * rng.normal(0, 1, shape)
 
 
 def read_priors(folder: str | Path, cases) -> dict[str, np.ndarray]:
@@ -147,13 +184,23 @@ def _coords(geometry: StageGeometry, matrix: np.ndarray, centre_px: np.ndarray, 
 def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig, aug: AugmentConfig):
     g = geometry.grid_size
     if rng.random() < cfg.p_negative:
-        return augment_intensity(synthetic_negative((g, g), rng), rng, aug), np.zeros((g, g), np.uint8)
-    fov = rng.uniform(*cfg.fov_mm) * np.array([1.0, rng.uniform(0.75, 1.0)])[rng.permutation(2)]
-    # where the LV lies in the field of view: mostly near its middle, as a scanner frames the heart;
-    # sometimes anywhere, partly or wholly outside it (always anywhere up to v2.4: most views then
-    # showed the LV at the edge of a small patch of image, unlike what inference sees)
-    spread = 0.6 if rng.random() < cfg.p_heart_anywhere else 0.2
-    lv_offset_mm = rng.uniform(-spread, spread, 2) * fov
+        image = synthetic_negative((g, g), rng, cfg.structured_negatives)
+        if rng.random() < cfg.p_negative_window:   # a small non-cardiac image, centred as inference places it
+            fov = rng.uniform(*cfg.fov_mm) * np.array([1.0, rng.uniform(0.5, 1.0)])[rng.permutation(2)]
+            offsets = np.abs(np.arange(g) - (g - 1) / 2) * geometry.spacing_mm
+            window = (offsets[:, None] <= fov[0] / 2) & (offsets[None, :] <= fov[1] / 2)
+            return augment_intensity(normalize_in_window(image, window), rng, aug) * window, np.zeros((g, g), np.uint8)
+        return augment_intensity(image, rng, aug), np.zeros((g, g), np.uint8)
+    if rng.random() < cfg.p_heart_crop:   # a user's crop close around the heart
+        fov = rng.uniform(*cfg.user_crop_mm, 2)
+        lv_offset_mm = rng.uniform(-0.15, 0.15, 2) * fov
+    else:
+        fov = rng.uniform(*cfg.fov_mm) * np.array([1.0, rng.uniform(0.75, 1.0)])[rng.permutation(2)]
+        # where the LV lies in the field of view: mostly near its middle, as a scanner frames the heart;
+        # sometimes anywhere, partly or wholly outside it (always anywhere up to v2.4: most views then
+        # showed the LV at the edge of a small patch of image, unlike what inference sees)
+        spread = 0.6 if rng.random() < cfg.p_heart_anywhere else 0.2
+        lv_offset_mm = rng.uniform(-spread, spread, 2) * fov
     matrix = _pose(rng, cfg)
     centre = case.centre - matrix @ lv_offset_mm / case.spacing
     coords, yy, xx = _coords(geometry, matrix, centre, case.spacing)
