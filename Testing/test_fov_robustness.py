@@ -4,9 +4,10 @@ On the two real EMIDEC volumes (real spacing; not training cases of the model): 
 to about 100 mm around the heart, cropped to 96 mm and resampled to 0.75 mm pixels (another centre's
 heart-centred stack), and padded to about 400 mm with the heart off-centre. The myocardium Dice of
 each stays within 0.03 of the uncropped result's, both scored on the changed grid against the
-same reference, and no result is empty. Noise, a smooth non-anatomical image, a chest region without the heart
-and real images that are not hearts (brain MRI and a photograph that ship inside nibabel and matplotlib) come back
-with no LV, or flagged; one more (an elevation map) is a known failure, marked so.
+same reference, and no result is empty. Noise, a smooth non-anatomical image, a chest region without
+the heart and real images that are not hearts (brain MRI, CT, abdominal MRI and pictures that ship
+inside nibabel, pydicom and matplotlib) come back with no LV, or flagged; one more (an elevation map)
+is a known failure, marked so.
 """
 from __future__ import annotations
 
@@ -142,7 +143,10 @@ PACKAGED = {"brain EPI volume": ("nibabel", "example4d.nii.gz", None),     # 4-D
             "brain MRI slice": ("matplotlib", "s1045.ima.gz", (1, (0.9, 0.9, 5.0))),
             "photograph": ("matplotlib", "grace_hopper.jpg", (1, (1.0, 1.0, 10.0))),
             "elevation map": ("matplotlib", "topobathy.npz", (8, (1.0, 1.0, 10.0))),
-            "picture of a parcel": ("matplotlib", "Minduka_Present_Blue_Pack.png", (8, (1.0, 1.0, 10.0)))}
+            "picture of a parcel": ("matplotlib", "Minduka_Present_Blue_Pack.png", (8, (1.0, 1.0, 10.0))),
+            "neck CT slice": ("pydicom", "CT_small.dcm", (8, (0.661468, 0.661468, 10.0))),     # 85 mm: fits stage 2's crop
+            "abdominal MRI slice": ("pydicom", "examples_overlay.dcm", (8, (0.72314, 0.72314, 10.0)))}
+FOLDERS = {"nibabel": ("tests", "data"), "matplotlib": ("mpl-data", "sample_data"), "pydicom": ("data", "test_files")}
 
 
 def _packaged_image(kind: str) -> sitk.Image:
@@ -150,13 +154,12 @@ def _packaged_image(kind: str) -> sitk.Image:
     import gzip
     from pathlib import Path
 
-    import matplotlib
+    import importlib
+
     import matplotlib.image
-    import nibabel
+    import pydicom
     package, name, stack = PACKAGED[kind]
-    folder = (Path(nibabel.__file__).parent / "tests" / "data" if package == "nibabel"
-              else Path(matplotlib.get_data_path()) / "sample_data")
-    path = folder / name
+    path = Path(importlib.import_module(package).__file__).parent.joinpath(*FOLDERS[package], name)
     if not path.exists():
         pytest.skip(f"{path} is not in this installation of {package}")
     if stack is None:
@@ -166,6 +169,8 @@ def _packaged_image(kind: str) -> sitk.Image:
         pixels = np.frombuffer(gzip.open(path).read(), "<u2").reshape(256, 256)
     elif path.suffix == ".npz":
         pixels = np.load(path)["topo"]
+    elif path.suffix == ".dcm":
+        pixels = pydicom.dcmread(path).pixel_array
     else:                       # a picture, in grey
         pixels = matplotlib.image.imread(path)[..., :3].mean(-1)
     copies, spacing = stack
@@ -182,7 +187,8 @@ KNOWN_FAILURE = pytest.mark.xfail(strict=True, reason="stage 2 calls a confident
 
 
 @pytest.mark.parametrize("kind", ["brain EPI volume", "brain MRI volume", "brain MRI slice", "photograph",
-                                  pytest.param("elevation map", marks=KNOWN_FAILURE), "picture of a parcel"])
+                                  pytest.param("elevation map", marks=KNOWN_FAILURE), "picture of a parcel",
+                                  "neck CT slice", "abdominal MRI slice"])
 def test_real_images_that_are_not_hearts_are_not_called_hearts(segmenter, kind):
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     _assert_not_a_confident_heart(segmenter, _packaged_image(kind), kind)
