@@ -203,11 +203,12 @@ def _tta(net: ScarNet, batch: torch.Tensor, params: CascadeParams | None) -> tor
 
 def whole_image_location(shape, spacing_mm, cascade: "ScarNetCascade", count: int,
                          stage_1_mm2: float) -> LVLocation | None:
-    """When stage 1 sees an LV too small to trust (stage_1_mm2, its largest cross-section, below
-    min_stack_lv_mm2) in an image that fits in one stage-2 crop (a user's crop to the heart), stage 2
-    looks at all of it and decides: stage 2 is trained on such crops. None when stage 1 saw less than
-    one slice's worth of LV (min_lv_area_mm2: nothing to confirm; a non-cardiac picture may still look
-    like a heart to stage 2), the image is larger than the crop, or too small to hold the smallest LV."""
+    """When stage 1 sees an LV too small to trust in an image that fits in one stage-2 crop (a user's
+    crop to the heart), stage 2 looks at all of it and decides: stage 2 is trained on such crops.
+    stage_1_mm2: stage 1's largest LV cross-section, under min_stack_lv_mm2. None when it is under
+    min_lv_area_mm2 as well (not one slice's worth: nothing to confirm, and a non-cardiac picture may
+    still look like a heart to stage 2), or the image is larger than the crop, or too small to hold
+    the smallest LV."""
     if stage_1_mm2 < cascade.params.min_lv_area_mm2:
         return None
     geometry = cascade.geometry[SEGMENT]
@@ -215,7 +216,7 @@ def whole_image_location(shape, spacing_mm, cascade: "ScarNetCascade", count: in
         return None
     if np.prod(shape) * np.prod(spacing_mm) < cascade.params.min_stack_lv_mm2:
         return None
-    return LVLocation(True, tuple((n - 1) / 2 for n in shape), np.ones(count, bool))
+    return LVLocation(True, tuple((n - 1) / 2 for n in shape), np.ones(count, bool), largest_mm2=stage_1_mm2)
 
 
 def locate_lv(cascade: ScarNetCascade, slices: np.ndarray, spacing, device, autocast, batch_size: int) -> LVLocation:

@@ -218,7 +218,7 @@ class Segmenter:
         total = len(slices)
         self._check_cancel(cancel)
         location = locate_lv(self.model, slices, spacing, self.device, self._autocast, batch_size)
-        judged_by_stage_2 = not location.found   # stage 2 alone decides, if stage 1 saw some LV
+        judged_by_stage_2 = not location.found   # stage 2 decides, if stage 1 saw one slice's worth of LV
         if judged_by_stage_2:
             location = whole_image_location(slices.shape[-2:], spacing, self.model, total, location.largest_mm2)
         if location is None:

@@ -310,41 +310,50 @@ def test_recentring_may_ask_only_the_first_ensemble_member(positive_image):
     assert recentred(cascade, recentre_first_member=False) != alone
 
 
-def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_slab):
-    """Stage 1 seeing an LV too small to trust (under min_stack_lv_mm2, at least min_lv_area_mm2) in an
-    image that fits in the 160 mm crop: stage 2 sees all of it; what it finds is kept when it is
-    confident, else the result is empty and says no LV. Stage 1 seeing no LV at all, an image larger
-    than the crop, or one smaller than the smallest LV cross-section, still stops at stage 1."""
+def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_slab, monkeypatch):
+    """Stage 1 seeing an LV too small to trust (under min_stack_lv_mm2, at least min_lv_area_mm2 on
+    some slice) in an image that fits in the 160 mm crop: stage 2 sees all of it; what it finds is
+    kept when it is confident, else the result is empty and says no LV. Stage 1 seeing less than
+    min_lv_area_mm2, an image larger than the crop, or one smaller than the smallest LV
+    cross-section, still stops at stage 1."""
+    import ScarNetCore.inference as inference
     from ScarNetCore.inference import Segmenter
     small = positive_slab[60:160, 60:160, :]        # 141 mm wide
-    seen = 500.0   # mm² of LV that stage 1 saw
-    assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2, seen).centre == (49.5, 49.5)
-    assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2, 149.0) is None  # nothing to confirm
-    assert whole_image_location((100, 120), (1.41, 1.41), _small_cascade(), 2, seen) is None   # 169 mm: too wide
-    assert whole_image_location((20, 20), (1.0, 1.0), _small_cascade(min_stack_lv_mm2=600.0), 2, seen) is None  # 400 mm²
-    assert whole_image_location((20, 30), (1.0, 1.0), _small_cascade(min_stack_lv_mm2=600.0), 2, seen) is not None
+    least = CascadeParams().min_lv_area_mm2
+    assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2, least).centre == (49.5, 49.5)
+    assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2, least - 1) is None  # nothing to confirm
+    assert whole_image_location((100, 120), (1.41, 1.41), _small_cascade(), 2, 500.0) is None   # 169 mm: too wide
+    assert whole_image_location((20, 20), (1.0, 1.0), _small_cascade(min_stack_lv_mm2=600.0), 2, 300.0) is None  # 400 mm²
+    assert whole_image_location((20, 30), (1.0, 1.0), _small_cascade(min_stack_lv_mm2=600.0), 2, 300.0) is not None
 
     # a stage 1 that sees part of the small image as LV (its more LV-like half), but less than the
     # stack minimum, which is set just under the image's area so that the image itself may hold an LV
     slices = sitk.GetArrayFromImage(small).astype(np.float32)
-    spacing = small.GetSpacing()[:2]
+    spacing = small.GetSpacing()[1::-1]     # (row, column)
     area = slices[0].size * spacing[0] * spacing[1]
     with torch.no_grad():
         lv = lv_probability(_small_cascade(), slices, spacing, "cpu", contextlib.nullcontext, 8)
     half = dict(lv_threshold=float(np.median(lv)), min_stack_lv_mm2=area - 1)
-    cascade = _small_cascade(low_confidence=0.0, **half)
-    probe = find_lv(lv, spacing, cascade.params)
-    assert not probe.found and 150 <= probe.largest_mm2 < area - 1, probe
-    kept = Segmenter(save_cascade(tmp_path / "kept.safetensors", cascade, name="t"), device="cpu", precision="fp32")
+    assert least <= find_lv(lv, spacing, _small_cascade(**half).params).largest_mm2 < area - 1
+    calls, rule = [], inference.whole_image_location
+
+    def whole_image(*args):   # the real rule, recorded: what it answered each time stage 1 found no LV
+        calls.append(rule(*args))
+        return calls[-1]
+    monkeypatch.setattr(inference, "whole_image_location", whole_image)
+
+    kept = Segmenter(save_cascade(tmp_path / "kept.safetensors", _small_cascade(low_confidence=0.0, **half), name="t"),
+                     device="cpu", precision="fp32")
     result = kept.segment(small)
+    assert len(calls) == 1 and calls[0] is not None     # stage 1 found no LV; stage 2 judged the image
     assert "no_lv_found" not in result.qc_flags and sitk.GetArrayFromImage(result.labels).any()
     blind = Segmenter(save_cascade(tmp_path / "blind.safetensors", _small_cascade(lv_threshold=0.999, low_confidence=0.0),
                                    name="t"), device="cpu", precision="fp32")
-    assert blind.segment(small).qc_flags == ["no_lv_found"]
+    assert blind.segment(small).qc_flags == ["no_lv_found"] and calls[1] is None
     doubtful = Segmenter(save_cascade(tmp_path / "doubt.safetensors", _small_cascade(low_confidence=1.0, **half),
                                       name="t"), device="cpu", precision="fp32")
     result = doubtful.segment(small, return_probabilities=True)
-    assert result.qc_flags == ["no_lv_found"] and not sitk.GetArrayFromImage(result.labels).any()
+    assert calls[2] is not None and result.qc_flags == ["no_lv_found"] and not sitk.GetArrayFromImage(result.labels).any()
     assert np.all(sitk.GetArrayFromImage(result.probabilities)[..., 0] == 1)
 
 

@@ -47,7 +47,7 @@ class ViewConfig:
     p_flip: float = 0.5
     p_negative_segment: float = 0.03              # segment: noise crops with an empty target
     p_user_crop: float = 0.3                      # segment: the image was cropped close to the heart
-    user_crop_mm: tuple[float, float] = (80.0, 200.0)   # side of such a crop (the heart stays inside; both stages)
+    user_crop_mm: tuple[float, float] = (80.0, 200.0)   # side of such a crop, most of the heart inside (both stages)
     p_reverse: float = 0.5                        # segment, 2.5-D: the stack runs apex to base, not base to apex
     p_no_context: float = 0.1                     # segment, 2.5-D: a lone slice (its neighbours are itself)
     neighbour_shift_mm: float = 1.5               # segment, 2.5-D: breath-hold misregistration between slices (sd)
@@ -185,13 +185,16 @@ def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg:
     g = geometry.grid_size
     if rng.random() < cfg.p_negative:
         image = synthetic_negative((g, g), rng, cfg.structured_negatives)
-        if rng.random() < cfg.p_negative_window:   # a small non-cardiac image, centred as inference places it
-            fov = rng.uniform(*cfg.fov_mm) * np.array([1.0, rng.uniform(0.5, 1.0)])[rng.permutation(2)]
+        # (options off by default draw no random numbers, so older recipes replay the same views)
+        if cfg.p_negative_window > 0 and rng.random() < cfg.p_negative_window:
+            # a non-cardiac image smaller than the grid, centred as inference places it; any aspect (pictures)
+            side = min(rng.uniform(*cfg.fov_mm), (g - 1) * geometry.spacing_mm)
+            fov = side * np.array([1.0, rng.uniform(0.5, 1.0)])[rng.permutation(2)]
             offsets = np.abs(np.arange(g) - (g - 1) / 2) * geometry.spacing_mm
             window = (offsets[:, None] <= fov[0] / 2) & (offsets[None, :] <= fov[1] / 2)
             return augment_intensity(normalize_in_window(image, window), rng, aug) * window, np.zeros((g, g), np.uint8)
         return augment_intensity(image, rng, aug), np.zeros((g, g), np.uint8)
-    if rng.random() < cfg.p_heart_crop:   # a user's crop close around the heart
+    if cfg.p_heart_crop > 0 and rng.random() < cfg.p_heart_crop:   # a user's crop close around the heart
         fov = rng.uniform(*cfg.user_crop_mm, 2)
         lv_offset_mm = rng.uniform(-0.15, 0.15, 2) * fov
     else:
