@@ -334,7 +334,7 @@ def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_s
     with torch.no_grad():
         lv = lv_probability(_small_cascade(), slices, spacing, "cpu", contextlib.nullcontext, 8)
     half = dict(lv_threshold=float(np.median(lv)), min_stack_lv_mm2=area - 1)
-    assert least <= find_lv(lv, spacing, _small_cascade(**half).params).largest_mm2 < area - 1
+    assert least <= find_lv(lv, spacing, CascadeParams(**half)).largest_mm2 < area - 1
     calls, rule = [], inference.whole_image_location
 
     def whole_image(*args):   # the real rule, recorded: what it answered each time stage 1 found no LV

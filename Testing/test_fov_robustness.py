@@ -164,6 +164,7 @@ def _packaged_image(kind: str) -> sitk.Image:
     if stack is None:
         image = sitk.ReadImage(str(path))
         return image[:, :, :, 0] if image.GetDimension() == 4 else image
+    copies, spacing = stack
     if path.suffix == ".gz":    # 256 x 256 uint16, little-endian
         pixels = np.frombuffer(gzip.open(path).read(), "<u2").reshape(256, 256)
     elif path.suffix == ".npz":
@@ -172,10 +173,9 @@ def _packaged_image(kind: str) -> sitk.Image:
         dataset = pydicom.dcmread(path)
         pixels = dataset.pixel_array
         row_mm, column_mm = (float(v) for v in dataset.PixelSpacing)
-        stack = (stack[0], (column_mm, row_mm, 10.0))
+        spacing = (column_mm, row_mm, 10.0)
     else:                       # a picture, in grey
         pixels = matplotlib.image.imread(path)[..., :3].mean(-1)
-    copies, spacing = stack
     image = sitk.GetImageFromArray(np.repeat(pixels[None], copies, 0).astype(np.float32))
     image.SetSpacing(spacing)
     return image

@@ -173,12 +173,26 @@ def _pose(rng: np.random.Generator, cfg: ViewConfig) -> np.ndarray:
     return rot @ flip / np.exp(rng.uniform(*np.log(cfg.scale)))
 
 
+def _offsets_mm(geometry: StageGeometry) -> np.ndarray:
+    """Distance of each grid row (or column) from the grid's centre, in mm."""
+    return (np.arange(geometry.grid_size) - (geometry.grid_size - 1) / 2) * geometry.spacing_mm
+
+
 def _coords(geometry: StageGeometry, matrix: np.ndarray, centre_px: np.ndarray, source_spacing: float):
     """Source pixel coordinates of every output pixel: output mm offsets → pose → source pixels."""
-    g = geometry.grid_size
-    offsets = (np.arange(g) - (g - 1) / 2) * geometry.spacing_mm
-    yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
-    return np.einsum("ij,jhw->ihw", matrix, np.stack([yy, xx])) / source_spacing + centre_px[:, None, None], yy, xx
+    yy, xx = np.meshgrid(_offsets_mm(geometry), _offsets_mm(geometry), indexing="ij")
+    return np.einsum("ij,jhw->ihw", matrix, np.stack([yy, xx])) / source_spacing + centre_px[:, None, None]
+
+
+def _field_of_view(side_mm: float, rng, min_aspect: float) -> np.ndarray:
+    """A rectangle (rows, columns) in mm: side_mm by a random fraction of it, either way round."""
+    return side_mm * np.array([1.0, rng.uniform(min_aspect, 1.0)])[rng.permutation(2)]
+
+
+def _window(geometry: StageGeometry, fov_mm: np.ndarray) -> np.ndarray:
+    """The grid's pixels inside a field of view centred on it, as inference places an image."""
+    offsets = np.abs(_offsets_mm(geometry))
+    return (offsets[:, None] <= fov_mm[0] / 2) & (offsets[None, :] <= fov_mm[1] / 2)
 
 
 def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig, aug: AugmentConfig):
@@ -188,17 +202,15 @@ def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg:
         # (options off by default draw no random numbers, so older recipes replay the same views)
         if cfg.p_negative_window > 0 and rng.random() < cfg.p_negative_window:
             # a non-cardiac image smaller than the grid, centred as inference places it; any aspect (pictures)
-            side = min(rng.uniform(*cfg.fov_mm), (g - 1) * geometry.spacing_mm)
-            fov = side * np.array([1.0, rng.uniform(0.5, 1.0)])[rng.permutation(2)]
-            offsets = np.abs(np.arange(g) - (g - 1) / 2) * geometry.spacing_mm
-            window = (offsets[:, None] <= fov[0] / 2) & (offsets[None, :] <= fov[1] / 2)
+            window = _window(geometry, _field_of_view(min(rng.uniform(*cfg.fov_mm), (g - 1) * geometry.spacing_mm),
+                                                      rng, 0.5))
             return augment_intensity(normalize_in_window(image, window), rng, aug) * window, np.zeros((g, g), np.uint8)
         return augment_intensity(image, rng, aug), np.zeros((g, g), np.uint8)
     if cfg.p_heart_crop > 0 and rng.random() < cfg.p_heart_crop:   # a user's crop close around the heart
         fov = rng.uniform(*cfg.user_crop_mm, 2)
         lv_offset_mm = rng.uniform(-0.15, 0.15, 2) * fov
     else:
-        fov = rng.uniform(*cfg.fov_mm) * np.array([1.0, rng.uniform(0.75, 1.0)])[rng.permutation(2)]
+        fov = _field_of_view(rng.uniform(*cfg.fov_mm), rng, 0.75)
         # where the LV lies in the field of view: mostly near its middle, as a scanner frames the heart;
         # sometimes anywhere, partly or wholly outside it (always anywhere up to v2.4: most views then
         # showed the LV at the edge of a small patch of image, unlike what inference sees)
@@ -206,11 +218,11 @@ def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg:
         lv_offset_mm = rng.uniform(-spread, spread, 2) * fov
     matrix = _pose(rng, cfg)
     centre = case.centre - matrix @ lv_offset_mm / case.spacing
-    coords, yy, xx = _coords(geometry, matrix, centre, case.spacing)
+    coords = _coords(geometry, matrix, centre, case.spacing)
     # the coarse grid averages several source pixels: blur first, as the antialiased resize at inference
     sigma = 0.4 * geometry.spacing_mm / case.spacing
     image, mask, inside = _sample(ndimage.gaussian_filter(case.images[index], sigma), case.masks[index], coords)
-    in_fov = inside & (np.abs(yy) <= fov[0] / 2) & (np.abs(xx) <= fov[1] / 2)
+    in_fov = inside & _window(geometry, fov)
     image = normalize_in_window(image, in_fov)
     target = ((mask > 0) & in_fov).astype(np.uint8)
     return augment_intensity(image, rng, aug) * in_fov, target
@@ -242,7 +254,7 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     positions = _neighbours(case, index, context, rng, cfg)
     matrix = _pose(rng, cfg) if cfg is not None else np.eye(2)
     centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
-    coords, _, _ = _coords(geometry, matrix, centre, case.spacing)
+    coords = _coords(geometry, matrix, centre, case.spacing)
     image, mask, inside = _sample(case.images[index], case.masks[index], coords)
     images, where = [], []
     for position in positions:
