@@ -180,7 +180,8 @@ def _offsets_mm(geometry: StageGeometry) -> np.ndarray:
 
 def _coords(geometry: StageGeometry, matrix: np.ndarray, centre_px: np.ndarray, source_spacing: float):
     """Source pixel coordinates of every output pixel: output mm offsets → pose → source pixels."""
-    yy, xx = np.meshgrid(_offsets_mm(geometry), _offsets_mm(geometry), indexing="ij")
+    offsets = _offsets_mm(geometry)
+    yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
     return np.einsum("ij,jhw->ihw", matrix, np.stack([yy, xx])) / source_spacing + centre_px[:, None, None]
 
 
