@@ -102,3 +102,30 @@ def test_gradient_flows_and_points_towards_target():
     # descending the gradient raises the logit of each pixel's true class
     for (y, x), cls in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [0, 1, 2, 3]):
         assert grad[cls, y, x] < 0
+
+
+def test_per_class_tversky_weights():
+    """α/β per class: the same as the scalar where they agree, and a class given α = β weighs its
+    missed and false pixels alike while the others keep α > β."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 5, 8, 8), torch.randint(0, 5, (2, 8, 8))
+    scalar = ScarNetLoss(LossConfig(alpha=0.7, beta=0.3))(logits, target)["loss"]
+    listed = ScarNetLoss(LossConfig(alpha=(0.7,) * 5, beta=(0.3,) * 5))(logits, target)["loss"]
+    assert float(listed) == pytest.approx(float(scalar), rel=1e-6)
+    # blood pool (1) symmetric: a missed and a false blood-pool pixel cost the same; scar (3) keeps α > β
+    mixed = ScarNetLoss(LossConfig(alpha=(0.5, 0.5, 0.5, 0.7, 0.7), beta=(0.5, 0.5, 0.5, 0.3, 0.3)))
+    margin = 30.0
+    ref_a = torch.zeros(1, 4, 4, dtype=torch.long)
+    ref_a[0, 0] = 1
+    missed = ref_a.clone()   # 2 of 4 blood-pool pixels missed
+    missed[0, 0, 2:] = 0
+    ref_b = torch.zeros(1, 4, 4, dtype=torch.long)
+    ref_b[0, 0, :2] = 1
+    false = ref_a.clone()    # 2 blood-pool pixels, 2 more called
+    for criterion, equal in ((mixed, True), (ScarNetLoss(LossConfig()), False)):
+        a = float(criterion(one_hot_logits(missed, margin), ref_a)["focal_tversky"])
+        b = float(criterion(one_hot_logits(false, margin), ref_b)["focal_tversky"])
+        assert (a == pytest.approx(b, rel=1e-4)) == equal
+    assert a > b + 0.01   # the default α > β: missing costs more than calling too much
+    with pytest.raises(ValueError, match="alpha has 3 entries for 5 classes"):
+        ScarNetLoss(LossConfig(alpha=(0.5, 0.5, 0.5)))
