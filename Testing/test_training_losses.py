@@ -121,7 +121,7 @@ def test_per_class_tversky_weights():
     missed[0, 0, 2:] = 0
     ref_b = torch.zeros(1, 4, 4, dtype=torch.long)
     ref_b[0, 0, :2] = 1
-    false = ref_a.clone()    # 2 blood-pool pixels, 2 more called
+    false = ref_a.clone()    # 4 blood-pool pixels called where ref_b has 2
     for criterion, equal in ((mixed, True), (ScarNetLoss(LossConfig()), False)):
         a = float(criterion(one_hot_logits(missed, margin), ref_a)["focal_tversky"])
         b = float(criterion(one_hot_logits(false, margin), ref_b)["focal_tversky"])
