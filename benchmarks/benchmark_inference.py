@@ -6,9 +6,11 @@ and how far reduced precision changes the labels.
 Default study: the bundled EMIDEC sample (real LGE, 248×258 at 1.41 mm) with its 7 slices cycled to
 10, so that every slice holds LV and v2's stage 2 runs on all of them (its worst case); --large: a
 40-slice 512×512 phantom. Each model and precision runs in a fresh process so that its peak RSS
-(ru_maxrss) is its own; tracemalloc adds the peak of host numpy buffers during segment(). A warm-up
-slice runs before timing (one-time kernel selection is not throughput). `v1` and `v2` name the
-bundled files (Resources/Models); a path names any checkpoint.
+(ru_maxrss) is its own; tracemalloc adds the peak of host numpy buffers during segment(). The whole
+study runs once before timing (one-time kernel selection for each batch shape is not throughput; a
+one-slice warm-up left it in the timed run), then `--repeats` timed runs: the median is printed, and
+their spread (slowest minus fastest). `v1` and `v2` name the bundled files (Resources/Models); a path
+names any checkpoint.
 """
 from __future__ import annotations
 
@@ -62,16 +64,20 @@ def worker(args) -> None:
 
     image = sitk.ReadImage(args.study)
     segmenter = Segmenter(args.model, device=args.device, precision=args.precision)
-    segmenter.segment(image[:, :, :1], batch_size=1)  # warm-up
+    segmenter.segment(image, batch_size=args.batch_size)  # warm-up: every shape the study needs
     tracemalloc.start()
-    start = time.perf_counter()
-    result = segmenter.segment(image, batch_size=args.batch_size)
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        result = segmenter.segment(image, batch_size=args.batch_size)
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     np.save(args.labels_out, sitk.GetArrayFromImage(result.labels))
     print(json.dumps({
         "precision": args.precision, "autocast": str(segmenter.dtype).replace("torch.", ""), "seconds": seconds,
+        "spread": max(times) - min(times),
         "slices_per_s": image.GetSize()[2] / seconds, "threads": torch.get_num_threads(),
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "numpy_peak_mb": traced_peak / 1e6,
@@ -90,6 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precisions", default="fp32,auto")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model and precision (median printed)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
@@ -116,7 +123,8 @@ def main(argv=None) -> int:
                 out = workdir / f"labels_{len(rows)}.npy"
                 proc = subprocess.run([sys.executable, __file__, "--worker", "--precision", precision,
                                        "--study", str(study), "--labels-out", str(out), "--model", resolve_model(model),
-                                       "--device", args.device, "--batch-size", str(args.batch_size)],
+                                       "--device", args.device, "--batch-size", str(args.batch_size),
+                                       "--repeats", str(args.repeats)],
                                       capture_output=True, text=True)
                 if proc.returncode:
                     print(f"{model} {precision}: failed\n{proc.stderr.strip().splitlines()[-1]}")
@@ -127,11 +135,11 @@ def main(argv=None) -> int:
                     row["agree"] = 100.0 * float((labels[precision] == labels["fp32"]).mean())
                 rows.append(row)
         width = max([8] + [len(r["model"]) + 2 for r in rows])  # a model given as a path still lines up
-        print(f"{'model':<{width}}{'precision':<10}{'autocast':<10}{'seconds':>9}{'slices/s':>10}{'peak RSS MB':>13}"
+        print(f"{'model':<{width}}{'precision':<10}{'autocast':<10}{'seconds':>9}{'spread':>8}{'slices/s':>10}{'peak RSS MB':>13}"
               f"{'numpy peak MB':>15}{'voxels = fp32':>15}")
         for r in rows:
             agree = f"{r['agree']:.3f} %" if "agree" in r else "-"
-            print(f"{r['model']:<{width}}{r['precision']:<10}{r['autocast']:<10}{r['seconds']:>9.2f}{r['slices_per_s']:>10.2f}"
+            print(f"{r['model']:<{width}}{r['precision']:<10}{r['autocast']:<10}{r['seconds']:>9.2f}{r['spread']:>8.2f}{r['slices_per_s']:>10.2f}"
                   f"{r['ru_maxrss_mb']:>13.0f}{r['numpy_peak_mb']:>15.1f}{agree:>15}")
         if rows:
             print(f"torch threads: {rows[0]['threads']}")
