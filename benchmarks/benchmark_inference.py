@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--study", help=argparse.SUPPRESS)
     parser.add_argument("--labels-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
     if args.worker:
         worker(args)
         return 0
