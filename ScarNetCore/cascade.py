@@ -63,8 +63,9 @@ SEGMENT_GEOMETRY = StageGeometry(spacing_mm=1.25, grid_size=128)   # 160 mm: the
 class CascadeParams:
     lv_threshold: float = 0.5          # stage-1 probability that counts as LV
     min_lv_area_mm2: float = 150.0     # a slice needs this much LV (stage 1) to be segmented
-    min_stack_lv_mm2: float = 1200.0   # largest LV cross-section below this: no LV found (a disc 39 mm across;
-                                       # v2.0-v2.8 files store 600, which let a brain EPI through)
+    min_stack_lv_mm2: float = 1200.0   # largest LV cross-section below this, in stage 1's LV or in the final
+                                       # result: no LV found (a disc 39 mm across; v2.0-v2.8 files store 600,
+                                       # which let a brain EPI through)
     min_scar_ml: float = 0.0           # case-level "no infarct": less predicted scar than this is dropped
     low_confidence: float = 0.8        # mean top-class probability over the predicted LV below this: flag
     flip_tta: bool = True              # stage 2 averages the identity and two flips

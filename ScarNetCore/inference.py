@@ -119,6 +119,10 @@ class _Collector:
             self.probabilities[:, 0] = 1
         self.lv_pixels, self._top_sum = 0, 0.0
 
+    def largest_lv_mm2(self, spacing) -> float:
+        """The largest cross-section of the pixels labelled LV (blood pool or myocardium), in mm²."""
+        return float((self.labels > 0).sum(axis=(1, 2)).max()) * spacing[0] * spacing[1]
+
     @property
     def lv_confidence(self) -> float:
         """Mean top-class probability over the pixels labelled LV (blood pool or myocardium)."""
@@ -248,6 +252,8 @@ class Segmenter:
             progress(total, total)
         if judged_by_stage_2 and out.lv_confidence < self.model.params.low_confidence:
             out.clear()    # neither stage is sure there is a heart: say so rather than guess
+        if out.lv_pixels and out.largest_lv_mm2(spacing) < self.model.params.min_stack_lv_mm2:
+            out.clear()    # smaller than any adult LV: stage 1's own minimum, asked of the result too
         if out.lv_pixels == 0:
             return ["no_lv_found"]
         if judged_by_stage_2 and touches_border(out.labels > 0):

@@ -84,6 +84,13 @@ def _small_cascade(**params) -> ScarNetCascade:
     return ScarNetCascade(locate, segment, params=CascadeParams(**params)).eval()
 
 
+def _sure_lv(cascade: ScarNetCascade) -> ScarNetCascade:
+    """The same cascade with a stage 2 that calls every pixel of its crop blood pool, confidently."""
+    with torch.no_grad():
+        cascade.segment.head.bias[1] += 100.0
+    return cascade
+
+
 def test_cascade_checkpoint_round_trip(tmp_path):
     cascade = _small_cascade(min_scar_ml=1.5)
     path = save_cascade(tmp_path / "v2.safetensors", cascade, name="test-cascade")
@@ -342,8 +349,9 @@ def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_s
         return calls[-1]
     monkeypatch.setattr(inference, "whole_image_location", whole_image)
 
-    kept = Segmenter(save_cascade(tmp_path / "kept.safetensors", _small_cascade(low_confidence=0.0, **half), name="t"),
-                     device="cpu", precision="fp32")
+    # stage 2 calls the whole image LV: as large as min_stack_lv_mm2, which the result must reach too
+    kept = Segmenter(save_cascade(tmp_path / "kept.safetensors", _sure_lv(_small_cascade(low_confidence=0.0, **half)),
+                                  name="t"), device="cpu", precision="fp32")
     result = kept.segment(small)
     assert len(calls) == 1 and calls[0] is not None     # stage 1 found no LV; stage 2 judged the image
     assert "no_lv_found" not in result.qc_flags and sitk.GetArrayFromImage(result.labels).any()
@@ -355,6 +363,24 @@ def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_s
     result = doubtful.segment(small, return_probabilities=True)
     assert calls[2] is not None and result.qc_flags == ["no_lv_found"] and not sitk.GetArrayFromImage(result.labels).any()
     assert np.all(sitk.GetArrayFromImage(result.probabilities)[..., 0] == 1)
+
+
+@pytest.mark.parametrize("least_mm2, found", [(20_000.0, True), (30_000.0, False)])
+def test_a_result_smaller_than_the_smallest_lv_is_no_lv(tmp_path, positive_slab, least_mm2, found):
+    """Stage 1 calls the whole 350 mm image LV (above either minimum); stage 2 then calls its whole
+    160 mm crop LV, 25,600 mm² at most: kept when that reaches min_stack_lv_mm2, otherwise the result
+    is empty and says no LV, as when stage 1 finds none."""
+    from ScarNetCore.inference import Segmenter
+    cascade = _sure_lv(_small_cascade(lv_threshold=1e-6, min_stack_lv_mm2=least_mm2, low_confidence=0.0))
+    segmenter = Segmenter(save_cascade(tmp_path / "v2.safetensors", cascade, name="t"), device="cpu", precision="fp32")
+    result = segmenter.segment(positive_slab, return_probabilities=True)
+    labels = sitk.GetArrayFromImage(result.labels)
+    assert ("no_lv_found" not in result.qc_flags) == found and labels.any() == found
+    if found:
+        pixel_mm2 = np.prod(positive_slab.GetSpacing()[:2])
+        assert least_mm2 <= (labels > 0).sum(axis=(1, 2)).max() * pixel_mm2 <= 160.0 ** 2
+    else:
+        assert np.all(sitk.GetArrayFromImage(result.probabilities)[..., 0] == 1)
 
 
 def _refine_net(channels: int = 3) -> ScarNet:
