@@ -98,6 +98,7 @@ def test_summary_separates_empty_references():
     scar = s["structures"]["scar"]
     assert scar["dice_cases"] == 1 and scar["dice_mean"] == pytest.approx(rows[0]["scar_dice"])
     assert math.isnan(scar["dice_sd"])                    # one case: SD undefined
+    assert all(math.isnan(v) for v in scar["dice_ci95"])  # ... and so is a confidence interval
     assert scar["both_empty_cases"] == ["normal_ok"] and scar["false_positive_cases"] == ["normal_fp"]
     assert scar["infinite_hd95_cases"] == ["normal_fp"] and scar["hd95_cases"] == 1
     myo = s["structures"]["myocardium"]
@@ -147,6 +148,22 @@ def test_noise_matches_its_snr_definition():
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     with pytest.raises(ValueError, match="noise"):
         robustness.add_noise(image, "speckle", 1.0, rng)
+
+
+def test_the_mean_dice_gets_a_bootstrap_confidence_interval():
+    """A BCa bootstrap over cases: around the mean, as wide as the normal approximation for many
+    cases, the same on every run, undefined for fewer than three cases."""
+    values = np.random.default_rng(3).normal(0.8, 0.05, 200)
+    low, high = evaluate.mean_ci95(values)
+    half = 1.96 * np.std(values, ddof=1) / np.sqrt(len(values))
+    assert low < values.mean() < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    assert evaluate.mean_ci95(values) == (low, high)
+    skewed = [0.0, 0.55, 0.6, 0.62, 0.65, 0.7, 0.72, 0.75]  # one failed case pulls the mean down
+    low, high = evaluate.mean_ci95(skewed)
+    assert low < np.mean(skewed) < high and np.mean(skewed) - low > high - np.mean(skewed)
+    assert all(math.isnan(v) for v in evaluate.mean_ci95([0.8, 0.9]))
+    assert evaluate.mean_ci95([0.7, 0.7, 0.7, math.nan]) == (0.7, 0.7)
 
 
 def test_robustness_summary():

@@ -235,14 +235,29 @@ def _mean_sd(values) -> tuple[float, float, int]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan, len(values)
 
 
+def mean_ci95(values, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % confidence interval of the mean over cases: a BCa bootstrap over the cases (scipy), seeded so
+    that a summary is reproducible. NaN with fewer than 3 cases; the mean itself if every case agrees."""
+    from scipy.stats import bootstrap
+    values = np.array([v for v in values if math.isfinite(v)], float)
+    if len(values) < 3:
+        return math.nan, math.nan
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    ci = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=resamples, method="BCa",
+                   random_state=seed).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Per structure mean ± SD over cases, with empty-reference cases reported separately."""
+    """Per structure mean ± SD over cases with a 95 % CI of the mean, empty-reference cases reported separately."""
     from training.plots import agreement
     summary = {"cases": len(rows), "structures": {}}
     for name in STRUCTURES:
         ref_has = [r for r in rows if r[f"ref_{name}_ml"] > 0]
         mean, sd, n = _mean_sd([r[f"{name}_dice"] for r in ref_has])
         entry = {"dice_mean": mean, "dice_sd": sd, "dice_cases": n,
+                 "dice_ci95": list(mean_ci95([r[f"{name}_dice"] for r in ref_has])),
                  "both_empty_cases": [r["case"] for r in rows if r[f"ref_{name}_ml"] == 0 and r[f"pred_{name}_ml"] == 0],
                  "false_positive_cases": [r["case"] for r in rows if r[f"ref_{name}_ml"] == 0 and r[f"pred_{name}_ml"] > 0]}
         if rows and f"{name}_hd95_mm" in rows[0]:
@@ -251,9 +266,12 @@ def summarize(rows: list[dict]) -> dict:
                           "infinite_hd95_cases": [r["case"] for r in rows if r[f"{name}_hd95_mm"] == math.inf]})
         summary["structures"][name] = entry
     if rows and "emidec_myocardium_dice" in rows[0]:
-        summary["emidec"] = {name: dict(zip(("dice_mean", "dice_sd", "dice_cases"),
-                                            _mean_sd([r[f"emidec_{name}_dice"] for r in rows])))
-                             for name in EMIDEC_STRUCTURES}
+        summary["emidec"] = {}
+        for name in EMIDEC_STRUCTURES:
+            values = [r[f"emidec_{name}_dice"] for r in rows]
+            mean, sd, n = _mean_sd(values)
+            summary["emidec"][name] = {"dice_mean": mean, "dice_sd": sd, "dice_cases": n,
+                                       "dice_ci95": list(mean_ci95(values))}
     for quantity in ("scar_percent", "scar_ml"):
         summary[f"{quantity}_agreement"] = agreement([r[f"pred_{quantity}"] for r in rows],
                                                      [r[f"ref_{quantity}"] for r in rows])
@@ -276,6 +294,7 @@ def summary_rows(summary: dict) -> list[dict]:
     rows = []
     for name, e in summary["structures"].items():
         rows.append({"quantity": f"{name}_dice", "mean": e["dice_mean"], "sd": e["dice_sd"], "n": e["dice_cases"],
+                     "ci95_low": e["dice_ci95"][0], "ci95_high": e["dice_ci95"][1],
                      "note": f"both empty: {len(e['both_empty_cases'])}; "
                              f"false positive on empty reference: {len(e['false_positive_cases'])}"})
         if "hd95_mm_mean" in e:
@@ -283,7 +302,8 @@ def summary_rows(summary: dict) -> list[dict]:
                          "n": e["hd95_cases"], "note": f"infinite (one mask empty): {len(e['infinite_hd95_cases'])}"})
     for name, e in summary.get("emidec", {}).items():
         rows.append({"quantity": f"emidec_{name}_dice", "mean": e["dice_mean"], "sd": e["dice_sd"],
-                     "n": e["dice_cases"], "note": "EMIDEC challenge definition: all cases, empty on empty = 1"})
+                     "n": e["dice_cases"], "ci95_low": e["dice_ci95"][0], "ci95_high": e["dice_ci95"][1],
+                     "note": "EMIDEC challenge definition: all cases, empty on empty = 1"})
     for quantity in ("scar_percent", "scar_ml"):
         a = summary[f"{quantity}_agreement"]
         rows.append({"quantity": f"{quantity}_bias", "mean": a["bias"], "sd": a["sd_difference"], "n": a["n"],
@@ -373,7 +393,9 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     write_json_atomic(summary, out / "summary.json")
     write_csv(out / "summary.csv", summary_rows(summary))
     for name, e in summary["structures"].items():
-        log(f"{name}: Dice {e['dice_mean']:.3f} ± {e['dice_sd']:.3f} (n={e['dice_cases']})"
+        low, high = e["dice_ci95"]
+        log(f"{name}: Dice {e['dice_mean']:.3f} ± {e['dice_sd']:.3f} (n={e['dice_cases']}"
+            + (f"; 95 % CI of the mean {low:.3f}–{high:.3f}" if math.isfinite(low) else "") + ")"
             + (f", HD95 {e['hd95_mm_mean']:.2f} ± {e['hd95_mm_sd']:.2f} mm (n={e['hd95_cases']})" if "hd95_mm_mean" in e else ""))
     log(f"results in {out}")
     return summary
