@@ -64,3 +64,34 @@ def test_set_trainable_stages(fresh_model):
         assert all(p.requires_grad == (index >= len(stages) - 2) for p in params), index
     assert all(p.requires_grad for p in fresh_model.head.parameters())  # the decoder is never frozen
     encoder.set_trainable_stages(0)
+
+
+def test_remote_contrast_is_each_slice_in_sds_from_the_healthy_myocardium():
+    """The refine stage's remote-contrast channels: (intensity − mean) / SD of the pixels stage 2 calls
+    healthy myocardium in any of the slices, over 8, clipped; the same for any intensity scale; zero
+    when too little healthy myocardium is found; only with stage 2's probabilities."""
+    from ScarNetCore.model.scarnet import MIN_REMOTE_PIXELS, remote_contrast
+    config = ScarNetConfig(encoder="none", base_channels=4, grid_size=32, in_channels=3, prior=True,
+                           remote_contrast=True)
+    image = torch.zeros(1, config.input_channels, 32, 32)
+    image[0, 0, :10, :10] = torch.tensor([0.2, 0.4]).repeat(50).view(10, 10)   # remote: mean 0.3, SD 0.1
+    image[0, 3 + 1, :10, :10] = 0.9                       # slice 0's healthy-myocardium probability
+    image[0, 3 + 4 * 2 + 1, 20:, 20:] = 0.4               # slice 2's: under 0.5, not counted
+    image[0, 1, 15, 15], image[0, 2, 16, 16] = 0.7, 5.0   # bright pixels on the other slices
+    contrast = remote_contrast(image, config)
+    assert contrast.shape == (1, 3, 32, 32)
+    assert contrast[0, 1, 15, 15].item() == pytest.approx((0.7 - 0.3) / 0.1 / 8, rel=1e-4)
+    assert contrast[0, 2, 16, 16].item() == pytest.approx(16 / 8)          # clipped
+    assert contrast[0, 0, 20, 20].item() == pytest.approx(-3 / 8, rel=1e-4)  # dark: 3 SD below
+    scaled = image.clone()
+    scaled[:, :3] *= 40.0                                 # another scanner's intensity scale
+    torch.testing.assert_close(remote_contrast(scaled, config), contrast)
+    few = image.clone()
+    few[0, 3 + 1] = 0
+    few[0, 3 + 1, 0, :MIN_REMOTE_PIXELS - 1] = 1.0
+    assert not remote_contrast(few, config).any()
+    net = ScarNet(config, pretrained_encoder=False)
+    assert net.down[0].body[0].weight.shape[1] == config.input_channels + 3 == 18
+    assert net(image).shape == (1, config.num_classes, 32, 32)
+    with pytest.raises(ValueError, match="remote_contrast"):
+        ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=32, remote_contrast=True))

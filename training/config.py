@@ -32,6 +32,7 @@ class ModelConfig:
     grid_size: int | None = None           # None: the stage's grid (256 full, 224 locate, 128 segment)
     spacing_mm: float | None = None        # cascade stage: None: the stage's spacing (2 mm locate, 1.25 mm segment)
     in_channels: int = 1                   # segment and refine stages: 3 = the slice between its neighbours (2.5-D)
+    remote_contrast: bool = False          # refine stage: also each slice in SDs from stage 2's healthy myocardium
 
 
 @dataclass

@@ -99,20 +99,21 @@ def initialise_from(model: ScarNet, checkpoint: str) -> None:
     """Start from a ScarNet checkpoint's weights (e.g. fine-tune the bundled model on your data).
 
     A refine stage may start from a stage-2 network of the same shape: the weights its first layer
-    gives stage 2's probabilities start at zero, so it begins as that network and learns to use them."""
+    gives stage 2's probabilities (and the remote contrast) start at zero, so it begins as that network
+    and learns to use them."""
     source, meta = load_checkpoint(checkpoint)
     theirs = ScarNetConfig.from_dict(meta["config"])
-    widen = model.config.prior and not theirs.prior
-    if dataclasses.replace(theirs, prior=model.config.prior) != model.config:
+    inputs = dict(prior=model.config.prior, remote_contrast=model.config.remote_contrast)
+    if dataclasses.replace(theirs, **inputs) != model.config:
         ours = model.config.to_dict()
         differ = {k: (v, ours[k]) for k, v in theirs.to_dict().items() if v != ours[k]}
         raise ValueError(f"model.init_checkpoint {checkpoint}: its network differs from the config "
                          f"(checkpoint vs config: {differ}); set the model keys to match it")
     state = source.state_dict()
-    if widen:
-        weight = state[FIRST_CONV]
-        extra = weight.new_zeros(weight.shape[0], model.config.input_channels - weight.shape[1], *weight.shape[2:])
-        state[FIRST_CONV] = torch.cat([weight, extra], 1)
+    weight = state[FIRST_CONV]
+    missing = model.config.first_layer_channels - weight.shape[1]
+    if missing > 0:   # new inputs come after the ones the checkpoint saw, in the order the network takes them
+        state[FIRST_CONV] = torch.cat([weight, weight.new_zeros(weight.shape[0], missing, *weight.shape[2:])], 1)
     model.load_state_dict(state)
 
 
@@ -223,7 +224,7 @@ def run(cfg: TrainConfig, log=print) -> Path:
     model_config = ScarNetConfig(encoder=mc.encoder, encoder_checkpoint=mc.encoder_checkpoint,
                                  encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels,
                                  num_classes=STAGE_CLASSES[stage], grid_size=grid, in_channels=mc.in_channels,
-                                 prior=stage == REFINE)
+                                 prior=stage == REFINE, remote_contrast=mc.remote_contrast)
     model = ScarNet(model_config)
     if stage != "full":
         geometry = dataclasses.replace(STAGE_GEOMETRY[stage], grid_size=grid,

@@ -26,6 +26,8 @@ class ScarNetConfig:
     in_channels: int = 1                       # 1: the slice; 3: the slice between its two neighbours (2.5-D)
     prior: bool = False                        # refine stage: also takes stage 2's probabilities of classes 1..K-1
                                                # for each of its slices (channels after the slices)
+    remote_contrast: bool = False              # with prior: also sees each slice in SDs from the healthy myocardium
+                                               # stage 2 finds (remote_contrast below), computed inside the network
 
     @property
     def has_encoder(self) -> bool:
@@ -35,6 +37,11 @@ class ScarNetConfig:
     def input_channels(self) -> int:
         """Channels the first layer takes: the slices, and with `prior` their stage-2 class probabilities."""
         return self.in_channels * (1 + (self.num_classes - 1) * self.prior)
+
+    @property
+    def first_layer_channels(self) -> int:
+        """input_channels, and the remote-contrast channels the network adds itself (one per slice)."""
+        return self.input_channels + self.in_channels * self.remote_contrast
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -47,6 +54,23 @@ class ScarNetConfig:
 
 
 NO_ENCODER = "none"
+HEALTHY_MYOCARDIUM = 2      # its probability channel tells remote_contrast where the remote myocardium is
+MIN_REMOTE_PIXELS = 50      # fewer healthy-myocardium pixels than this: no contrast to measure (channels zero)
+
+
+def remote_contrast(image: torch.Tensor, config: ScarNetConfig) -> torch.Tensor:
+    """Each slice's intensity in standard deviations from the mean of the healthy myocardium stage 2
+    finds (probability > 0.5) over all the input's slices, divided by 8 and clipped: LGE is read this way
+    (scar is "n SD above remote myocardium"), and it does not depend on a scanner's intensity scale.
+    image: [B, input_channels, H, W] (slices, then their stage-2 probabilities) → [B, in_channels, H, W]."""
+    n, k = config.in_channels, config.num_classes - 1
+    slices = image[:, :n].float()
+    healthy = (image[:, n + HEALTHY_MYOCARDIUM - 1::k][:, :n].float() > 0.5).float()
+    count = healthy.sum((1, 2, 3), keepdim=True)
+    mean = (slices * healthy).sum((1, 2, 3), keepdim=True) / count.clamp(min=1)
+    sd = (((slices - mean) ** 2 * healthy).sum((1, 2, 3), keepdim=True) / count.clamp(min=1)).sqrt().clamp(min=0.02)
+    contrast = ((slices - mean) / sd).clamp(-4.0, 16.0) / 8.0
+    return (contrast * (count >= MIN_REMOTE_PIXELS)).to(image.dtype)
 
 
 def middle_channels(image: torch.Tensor, count: int) -> torch.Tensor:
@@ -66,11 +90,13 @@ class ScarNet(nn.Module):
         if config.in_channels < 1 or config.in_channels % 2 == 0:
             raise ValueError(f"in_channels must be odd (the slice and as many neighbours on each side), "
                              f"not {config.in_channels}")
+        if config.remote_contrast and not (config.prior and config.num_classes > HEALTHY_MYOCARDIUM):
+            raise ValueError("remote_contrast needs stage 2's probabilities (prior) with a healthy-myocardium class")
         self.config = config
         self.encoder = build_encoder(config.encoder, config.encoder_input_size, config.encoder_checkpoint,
                                      pretrained=pretrained_encoder) if config.has_encoder else None
         widths = [config.base_channels * 2 ** i for i in range(self.LEVELS)]
-        self.down = nn.ModuleList([ConvBlock(config.input_channels, widths[0])] +
+        self.down = nn.ModuleList([ConvBlock(config.first_layer_channels, widths[0])] +
                                   [ConvBlock(widths[i - 1], widths[i]) for i in range(1, self.LEVELS)])
         self.pool = nn.MaxPool2d(2)
         self.fusion = nn.ModuleDict({
@@ -94,7 +120,7 @@ class ScarNet(nn.Module):
         if encoder_features is not None:
             encoder_features = encoder_features.to(image.dtype)
         skips = []
-        x = image
+        x = torch.cat([image, remote_contrast(image, self.config)], 1) if self.config.remote_contrast else image
         for level, block in enumerate(self.down):
             x = block(x if level == 0 else self.pool(x))
             fusion = self.fusion[str(2 ** level)] if str(2 ** level) in self.fusion else None
