@@ -287,6 +287,13 @@ def test_a_refine_stage_learns_from_stage_2s_saved_probabilities(workspace):
     x, prior = torch.rand(2, 3, 128, 128), torch.rand(2, 12, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(refine(torch.cat([x, prior], 1)), stage_2.eval()(x))
+    # with the remote contrast too: three more first-layer inputs, also starting at zero
+    config["output_dir"] = str(root / "refine_contrast")
+    config["model"]["remote_contrast"] = True
+    contrast, _ = load_checkpoint(run(TrainConfig.from_dict(config)))
+    assert contrast.config.remote_contrast and contrast.down[0].body[0].weight.shape[1] == 18
+    with torch.no_grad():
+        torch.testing.assert_close(contrast(torch.cat([x, prior], 1)), stage_2(x))
     config["data"]["prior_dir"] = None
     with pytest.raises(ValueError, match="prior_dir"):
         run(TrainConfig.from_dict(config))
