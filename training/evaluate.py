@@ -249,15 +249,18 @@ def mean_ci95(values, resamples: int = 10_000, seed: int = 0) -> tuple[float, fl
     return float(ci.low), float(ci.high)
 
 
+def _dice_summary(values) -> dict:
+    """Mean ± SD of per-case Dice values, their count and the 95 % CI of the mean."""
+    mean, sd, n = _mean_sd(values)
+    return {"dice_mean": mean, "dice_sd": sd, "dice_cases": n, "dice_ci95": list(mean_ci95(values))}
+
+
 def summarize(rows: list[dict]) -> dict:
     """Per structure mean ± SD over cases with a 95 % CI of the mean, empty-reference cases reported separately."""
     from training.plots import agreement
     summary = {"cases": len(rows), "structures": {}}
     for name in STRUCTURES:
-        ref_has = [r for r in rows if r[f"ref_{name}_ml"] > 0]
-        mean, sd, n = _mean_sd([r[f"{name}_dice"] for r in ref_has])
-        entry = {"dice_mean": mean, "dice_sd": sd, "dice_cases": n,
-                 "dice_ci95": list(mean_ci95([r[f"{name}_dice"] for r in ref_has])),
+        entry = {**_dice_summary([r[f"{name}_dice"] for r in rows if r[f"ref_{name}_ml"] > 0]),
                  "both_empty_cases": [r["case"] for r in rows if r[f"ref_{name}_ml"] == 0 and r[f"pred_{name}_ml"] == 0],
                  "false_positive_cases": [r["case"] for r in rows if r[f"ref_{name}_ml"] == 0 and r[f"pred_{name}_ml"] > 0]}
         if rows and f"{name}_hd95_mm" in rows[0]:
@@ -266,12 +269,8 @@ def summarize(rows: list[dict]) -> dict:
                           "infinite_hd95_cases": [r["case"] for r in rows if r[f"{name}_hd95_mm"] == math.inf]})
         summary["structures"][name] = entry
     if rows and "emidec_myocardium_dice" in rows[0]:
-        summary["emidec"] = {}
-        for name in EMIDEC_STRUCTURES:
-            values = [r[f"emidec_{name}_dice"] for r in rows]
-            mean, sd, n = _mean_sd(values)
-            summary["emidec"][name] = {"dice_mean": mean, "dice_sd": sd, "dice_cases": n,
-                                       "dice_ci95": list(mean_ci95(values))}
+        summary["emidec"] = {name: _dice_summary([r[f"emidec_{name}_dice"] for r in rows])
+                             for name in EMIDEC_STRUCTURES}
     for quantity in ("scar_percent", "scar_ml"):
         summary[f"{quantity}_agreement"] = agreement([r[f"pred_{quantity}"] for r in rows],
                                                      [r[f"ref_{quantity}"] for r in rows])

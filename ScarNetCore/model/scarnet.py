@@ -67,8 +67,9 @@ def remote_contrast(image: torch.Tensor, config: ScarNetConfig) -> torch.Tensor:
     slices = image[:, :n].float()
     healthy = (image[:, n + HEALTHY_MYOCARDIUM - 1::k][:, :n].float() > 0.5).float()
     count = healthy.sum((1, 2, 3), keepdim=True)
-    mean = (slices * healthy).sum((1, 2, 3), keepdim=True) / count.clamp(min=1)
-    sd = (((slices - mean) ** 2 * healthy).sum((1, 2, 3), keepdim=True) / count.clamp(min=1)).sqrt().clamp(min=0.02)
+    pixels = count.clamp(min=1)
+    mean = (slices * healthy).sum((1, 2, 3), keepdim=True) / pixels
+    sd = (((slices - mean) ** 2 * healthy).sum((1, 2, 3), keepdim=True) / pixels).sqrt().clamp(min=0.02)
     contrast = ((slices - mean) / sd).clamp(-4.0, 16.0) / 8.0
     return (contrast * (count >= MIN_REMOTE_PIXELS)).to(image.dtype)
 
