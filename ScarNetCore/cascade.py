@@ -163,18 +163,22 @@ class LVLocation:
 
 def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params: CascadeParams) -> LVLocation:
     """lv_probability: [N, h, w] on the native grid. The LV is one 3-D component for the whole stack."""
-    pixel_mm2 = float(spacing_mm[0] * spacing_mm[1])
     mask = lv_probability > params.lv_threshold
     components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     if count == 0:
         return LVLocation(False)
     mass = ndimage.sum(lv_probability, components, index=np.arange(1, count + 1))
     lv = components == int(np.argmax(mass)) + 1
-    area_mm2 = lv.sum(axis=(1, 2)) * pixel_mm2
+    area_mm2 = cross_sections_mm2(lv, spacing_mm)
     if area_mm2.max() < params.min_stack_lv_mm2:
         return LVLocation(False, largest_mm2=float(area_mm2.max()))
     centre = tuple(float(c) for c in ndimage.center_of_mass(lv.any(0)))
     return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, touches_border(lv), float(area_mm2.max()))
+
+
+def cross_sections_mm2(mask: np.ndarray, spacing_mm) -> np.ndarray:
+    """mask [N, h, w] → [N]: each slice's area of the mask in mm² (spacing_mm: the in-plane spacing)."""
+    return mask.sum(axis=(1, 2)) * float(spacing_mm[0] * spacing_mm[1])
 
 
 def touches_border(mask: np.ndarray) -> bool:

@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cascade import (ScarNetCascade, locate_lv, neighbour_step, refine_centre, refine_crops, segment_crops,
-                      segment_grid, touches_border, whole_image_location)
+from .cascade import (ScarNetCascade, cross_sections_mm2, locate_lv, neighbour_step, refine_centre, refine_crops,
+                      segment_crops, segment_grid, touches_border, whole_image_location)
 from .checkpoint import load_checkpoint
 from .errors import Cancelled, CheckpointError
 from .io import validate_image
@@ -121,7 +121,7 @@ class _Collector:
 
     def largest_lv_mm2(self, spacing) -> float:
         """The largest cross-section of the pixels labelled LV (blood pool or myocardium), in mm²."""
-        return float((self.labels > 0).sum(axis=(1, 2)).max()) * spacing[0] * spacing[1]
+        return float(cross_sections_mm2(self.labels > 0, spacing).max())
 
     @property
     def lv_confidence(self) -> float:
