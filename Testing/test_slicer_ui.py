@@ -26,7 +26,7 @@ sys.path[:0] = [str(MODULE_DIR), str(MODULE_DIR / "Testing" / "Python")]
 
 # Slicer/CTK class -> the Qt class it derives from (what the .ui must declare)
 SLICER_BASES = {"qMRMLNodeComboBox": "QWidget", "ctkCollapsibleButton": "QWidget", "ctkPathLineEdit": "QWidget",
-                "qMRMLTableView": "QTableView", "qMRMLWidget": "QWidget"}
+                "qMRMLTableView": "QTableView", "qMRMLWidget": "QWidget", "qSlicerMarkupsPlaceWidget": "QWidget"}
 
 # every widget ScarNet.py touches, with its class
 EXPECTED = {
@@ -38,6 +38,7 @@ EXPECTED = {
     # bound through SlicerParameterName
     "inputVolumeSelector": "qMRMLNodeComboBox", "outputSegmentationSelector": "qMRMLNodeComboBox",
     "segmentationToQuantifySelector": "qMRMLNodeComboBox", "insertionPointSelector": "qMRMLNodeComboBox",
+    "insertionPointPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "resultTableSelector": "qMRMLNodeComboBox", "useBundledModelCheckBox": "QCheckBox",
     "deviceComboBox": "QComboBox", "batchSizeSpinBox": "QSpinBox", "densitySpinBox": "QDoubleSpinBox",
 }
@@ -94,6 +95,31 @@ def test_every_widget_the_module_uses_exists_with_the_right_type(panel):
         assert widget.metaObject().className() == EXPECTED[name], \
             f"'{name}' is a {widget.metaObject().className()}, ScarNet.py expects {EXPECTED[name]}"
     assert panel.metaObject().className() == "qMRMLWidget"  # loadUI + setMRMLScene need it
+
+
+def _connections(uiTree) -> set:
+    return {tuple(c.findtext(k) for k in ("sender", "signal", "receiver", "slot"))
+            for c in uiTree.getroot().iter("connection")}
+
+
+def test_every_mrml_widget_gets_the_scene(uiTree):
+    """Slicer's loadUI + setMRMLScene on the root reach a node selector only through a .ui connection;
+    without one every combo box stays empty in the real application."""
+    root = uiTree.getroot().find("widget")
+    mrmlWidgets = [w.get("name") for w in root.iter("widget")
+                   if w is not root and w.get("class").startswith(("qMRML", "qSlicer"))]
+    assert len(mrmlWidgets) >= 7  # five node selectors, the table view, the place widget
+    connections = _connections(uiTree)
+    for name in mrmlWidgets:
+        assert (root.get("name"), "mrmlSceneChanged(vtkMRMLScene*)", name, "setMRMLScene(vtkMRMLScene*)") \
+            in connections, f"{name} never gets the scene: connect mrmlSceneChanged to its setMRMLScene in ScarNet.ui"
+
+
+def test_insertion_point_can_be_placed_by_clicking(uiTree, panel):
+    """The place widget follows the selected point list, so one click on 'Place' then one in a view sets it."""
+    assert ("insertionPointSelector", "currentNodeChanged(vtkMRMLNode*)", "insertionPointPlaceWidget",
+            "setCurrentNode(vtkMRMLNode*)") in _connections(uiTree)
+    assert panel.findChild(QtCore.QObject, "insertionPointPlaceWidget") is not None
 
 
 def _parameterNodeFields() -> dict:
@@ -157,3 +183,103 @@ def test_panel_picture_renders(tmp_path):
     from PySide6 import QtGui
     image = QtGui.QImage(str(path))
     assert image.width() >= 400 and image.height() >= 500
+
+
+# ------------------------------------------------------------------- what the real Slicer app needs
+# Runs ScarNet.py as Slicer would load it, in a Python that reports the version given in argv[2].
+VERSION_SCRIPT = r"""
+import runpy, sys
+version = tuple(int(part) for part in sys.argv[2].split("."))
+sys.version_info, sys.version = version + ("final", 0), sys.argv[2] + " (main)"
+try:
+    runpy.run_path(sys.argv[1], run_name="ScarNet")
+except BaseException as exc:
+    print(f"{type(exc).__name__}: {exc}")
+print("loaded", sorted({name.split(".")[0] for name in sys.modules if name.startswith("ScarNet")}))
+"""
+
+
+def test_module_refuses_an_old_slicer_in_one_line_before_anything_newer_runs():
+    """ScarNet.py must parse on Slicer 5.6-5.8's Python 3.9 and, there, stop with the version message before it
+    imports ScarNetLib/ScarNetCore (which need 3.10+); the minimum is pyproject's requires-python."""
+    import subprocess
+    import tomllib
+    ast.parse(MODULE_SOURCE, feature_version=(3, 9))
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires.startswith(">=")
+    major, minor = (int(part) for part in requires[2:].split("."))
+
+    def load(version: str) -> list:
+        out = subprocess.run([sys.executable, "-c", VERSION_SCRIPT, str(MODULE_DIR / "ScarNet.py"), version],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.splitlines()
+
+    old = load(f"{major}.{minor - 1}.18")
+    assert old == [f"ImportError: ScarNet needs 3D Slicer 5.10 or later (Python {major}.{minor}+); "
+                   f"this Slicer runs Python {major}.{minor - 1}.18.", "loaded []"], old
+    supported = load(f"{major}.{minor}.0")  # passes the check (and stops later here, where Slicer's qt is absent)
+    assert not any("needs 3D Slicer" in line for line in supported), supported
+
+
+def test_forgetting_packages_makes_the_next_import_read_them_again(tmp_path):
+    import subprocess
+    code = f"""
+import sys
+sys.path[:0] = [{str(ROOT)!r}, {str(MODULE_DIR)!r}]
+import ScarNetLib.Dependencies, ScarNetCore.labels
+old = ScarNetLib.Dependencies, ScarNetCore.labels
+from ScarNetLib.Reload import forgetPackages
+dropped = forgetPackages()
+assert "ScarNetLib.Dependencies" in dropped and "ScarNetCore.labels" in dropped, dropped
+assert not [n for n in sys.modules if n.split(".")[0] in ("ScarNetLib", "ScarNetCore")]
+import ScarNetLib.Dependencies, ScarNetCore.labels
+assert (ScarNetLib.Dependencies, ScarNetCore.labels) != old and ScarNetLib.Dependencies is not old[0]
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_every_module_file_is_installed_by_cmake():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    for path in sorted((MODULE_DIR / "ScarNetLib").glob("*.py")):
+        assert f"ScarNetLib/{path.name}" in cmake, f"{path.name} is not in MODULE_PYTHON_SCRIPTS"
+
+
+def _cmakeSet(text: str, name: str) -> str:
+    match = re.search(rf'set\({name}\s+"([^"]*)"\)', text)
+    assert match, f"{name} is not set in CMakeLists.txt"
+    return match.group(1)
+
+
+def test_extension_is_ready_for_the_extensions_index():
+    """The checks Slicer's ExtensionsIndex runs on a new entry (scripts/check_description_files.py), and
+    what the catalogue shows: every URL names a file this repository has at that path."""
+    import json
+    from urllib.parse import urlsplit
+    entryPath = ROOT / "Resources" / "ExtensionIndex" / "ScarNet.json"
+    entry = json.loads(entryPath.read_text())
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    project = re.findall(r"project\s*\(\s*([^\s\)]+)", cmake, re.IGNORECASE)[0]
+    assert project == entryPath.stem == "ScarNet"  # project() name = extension name
+    url = urlsplit(entry["scm_url"])
+    assert url.scheme == "https" and url.netloc == "github.com" and url.path.endswith(".git")
+    owner, repository = url.path[1:-len(".git")].split("/")
+    assert repository.startswith("Slicer"), "the ExtensionsIndex wants a Slicer-prefixed repository name"
+    assert entry["category"] == _cmakeSet(cmake, "EXTENSION_CATEGORY") == "Cardiac"  # an accepted category
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_type", "scm_url", "tier", "enabled"}
+    assert entry["build_dependencies"] == [_cmakeSet(cmake, "EXTENSION_DEPENDS")] == ["PyTorch"]
+    assert (ROOT / "LICENSE").is_file()
+    description = _cmakeSet(cmake, "EXTENSION_DESCRIPTION")
+    assert 50 < len(description) < 500 and ";" not in description and "\n" not in description  # ';' splits a CMake list
+    assert _cmakeSet(cmake, "EXTENSION_HOMEPAGE").startswith(f"https://github.com/{owner}/{repository}")
+    for name in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        prefix = f"https://raw.githubusercontent.com/{owner}/{repository}/{entry['scm_revision']}/"
+        for address in _cmakeSet(cmake, name).split():
+            assert address.startswith(prefix), address
+            assert (ROOT / address[len(prefix):]).is_file(), f"{name}: no file at {address[len(prefix):]}"
+    from PySide6 import QtGui
+    icon = QtGui.QImage(str(MODULE_DIR / "Resources" / "Icons" / "ScarNet.png"))
+    assert (icon.width(), icon.height()) == (128, 128)  # the catalogue's icon size

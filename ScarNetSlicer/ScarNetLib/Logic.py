@@ -19,6 +19,11 @@ import SimpleITK as sitk
 import slicer
 from ScarNetCore.errors import InputError
 
+try:  # real Slicer: the module's logic is a ScriptedLoadableModuleLogic (parameter node, moduleName)
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+except ImportError:  # slicer-core (headless) has no scripted-module layer
+    ScriptedLoadableModuleLogic = object
+
 from . import Dependencies, Parameter
 from .Conversion import ScarNetSceneError, rasToLps, sitkImageFromVolumeNode, volumeNodeGeometryMatches
 from .Parameter import ScarNetSettings
@@ -56,11 +61,12 @@ class Quantification:
     perSegmentTable: object  # AHA segments 1..17
 
 
-class ScarNetLogic:
+class ScarNetLogic(ScriptedLoadableModuleLogic):
     """Usable without the widget. Signals: progressInfo(done, total), inferenceFinished(segNode),
     errorOccurred(message), inferenceCancelled()."""
 
     def __init__(self, segmenterFactory=None, runnerFactory: Optional[Callable[[], object]] = None):
+        ScriptedLoadableModuleLogic.__init__(self)
         self.segmenterFactory = segmenterFactory  # None -> ScarNetCore.inference.Segmenter
         self.runnerFactory = runnerFactory or (lambda: ThreadRunner(self.segmenterFactory))
         self.progressInfo = Signal("done:int, total:int")
@@ -70,14 +76,16 @@ class ScarNetLogic:
 
     # ------------------------------------------------------------------------- dependencies
     @staticmethod
-    def missingPackages() -> dict:
-        """import name -> pip requirement of each package ScarNetCore needs that this Python lacks."""
-        return Dependencies.missingPackages()
+    def missingPackages(action: str = Dependencies.SEGMENT, modelPath=None) -> dict:
+        """Distribution -> pip requirement of each package `action` (segment/quantify/export) needs that this
+        Python lacks or has too old; for segmenting, with what the model's encoder needs (None: bundled)."""
+        return Dependencies.missingPackages(action, modelPath)
 
     @staticmethod
-    def installPackages(missing: dict) -> bool:
-        """Install `missing` (only after the user agreed); True when Slicer must restart to use them."""
-        return Dependencies.install(missing)
+    def installPackages(missing: dict, progress=None) -> bool:
+        """Install `missing` (only after the user agreed), reporting pip's lines to progress(line); True when
+        Slicer must restart to use them."""
+        return Dependencies.install(missing, progress)
 
     # ----------------------------------------------------------------------------------- checks
     @staticmethod
@@ -115,6 +123,7 @@ class ScarNetLogic:
         settings = settings if settings is not None else ScarNetSettings()
         Parameter.validate(settings)
         modelPath = Parameter.modelPathOrNone(settings)
+        Dependencies.require(Dependencies.SEGMENT, modelPath)
         overwrite = settings.overwriteEdited if overwrite is None else bool(overwrite)
         from ScarNetCore.io import check_not_label_map, label_map_message, validate_image
         hint = "select the greyscale LGE volume"
@@ -236,13 +245,15 @@ class ScarNetLogic:
 
     # --------------------------------------------------------------------------- quantifying
     def quantify(self, segmentationNode, inputVolumeNode, tableNode=None, perSliceTableNode=None,
-                 perSegmentTableNode=None, densityGPerMl: float = 1.05, insertionPointRas=None) -> Quantification:
+                 perSegmentTableNode=None, densityGPerMl: float = 1.05, insertionPointNode=None) -> Quantification:
         """Quantify the segmentation as it is now (manual edits included).
 
-        The summary, per-slice and per-segment (AHA) tables are refilled when given, created when None;
-        all three come back with the result.
+        `insertionPointNode`: a markups node whose last placed point is the anterior RV insertion point
+        (None: estimated). The summary, per-slice and per-segment (AHA) tables are refilled when given, created
+        when None; all three come back with the result.
         """
-        _, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas)
+        Dependencies.require(Dependencies.QUANTIFY)
+        _, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointNode)
         scene = segmentationNode.GetScene()
         base = segmentationNode.GetName()
         rows = self.summaryRows(result.global_metrics)
@@ -254,7 +265,28 @@ class ScarNetLogic:
         return Quantification(result, tableNode, perSlice, perSegment)
 
     @staticmethod
-    def _quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas):
+    def insertionPointLps(markupsNode, volumeNode) -> Optional[tuple]:
+        """The last placed point of `markupsNode` in the coordinates of the image ScarNet reads from
+        `volumeNode` (its own LPS, before any parent transform), or None without a placed point. The last:
+        a list the user picked may already hold points, and the one just clicked with Place is added after
+        them (a point still being placed does not count). The point is placed in world coordinates; a
+        transformed volume's voxels are not, so the point is taken back through the volume's transforms -
+        else a moved volume would get its AHA segments from the wrong place."""
+        if markupsNode is None:
+            return None
+        placed = [i for i in range(markupsNode.GetNumberOfControlPoints())
+                  if markupsNode.GetNthControlPointPositionStatus(i) == slicer.vtkMRMLMarkupsNode.PositionDefined]
+        if not placed:
+            return None
+        world = [0.0, 0.0, 0.0]
+        markupsNode.GetNthControlPointPositionWorld(placed[-1], world)
+        import vtk
+        worldToVolume = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToVolume)
+        return rasToLps(worldToVolume.TransformPoint(world))
+
+    @classmethod
+    def _quantification(cls, segmentationNode, inputVolumeNode, densityGPerMl, insertionPointNode):
         """(labels image, QuantResult) of the segmentation as it is now, on the input volume's grid."""
         if segmentationNode is None or segmentationNode.GetScene() is None:
             raise InputError("Select the segmentation to quantify.")
@@ -262,7 +294,7 @@ class ScarNetLogic:
         labels = sitk.GetImageFromArray(labelArrayFromSegmentation(segmentationNode, inputVolumeNode))
         labels.CopyInformation(image)
         from ScarNetCore.quantify import quantify
-        insertion = rasToLps(insertionPointRas) if insertionPointRas is not None else None
+        insertion = cls.insertionPointLps(insertionPointNode, inputVolumeNode)
         return labels, quantify(labels, image, density_g_per_ml=float(densityGPerMl), insertion_point=insertion)
 
     def _fillTable(self, scene, tableNode, name, rows: list, segmentationNode, referenceNode):
@@ -333,7 +365,7 @@ class ScarNetLogic:
         return {row["Key"]: row["Note"] if row["Note"] else row["Value"] for row in ScarNetLogic.tableRows(tableNode)}
 
     def exportResults(self, segmentationNode, inputVolumeNode, outputDirectory, name: Optional[str] = None,
-                      densityGPerMl: float = 1.05, insertionPointRas=None, overwrite: bool = False) -> dict:
+                      densityGPerMl: float = 1.05, insertionPointNode=None, overwrite: bool = False) -> dict:
         """Write the study's files exactly as `scarnet segment` names and writes them (ScarNetCore.outputs):
         the segmentation as it is now (edits included) as <name>_seg.nii.gz, its summary, per-slice and
         AHA CSVs, the bullseye and <name>_run.json. Returns {kind: path}.
@@ -342,15 +374,16 @@ class ScarNetLogic:
         'case', the stem the command line gives the outputs of case.nii.gz. Refuses (ScarNetError)
         to replace a study's files unless overwrite=True.
         """
+        Dependencies.require(Dependencies.EXPORT)
         from ScarNetCore import outputs
         name = name or inputVolumeNode.GetName()
         outputs.refuse_overwrite(outputDirectory, name, overwrite)
-        labels, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointRas)
+        labels, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointNode)
         record = self.runRecord(segmentationNode)
         if record is None:  # not segmented by ScarNet: the record says so (no model)
             record = outputs.run_record(self.inputFiles(inputVolumeNode), {}, outputs.now())
         record["options"].update(density_g_per_ml=float(densityGPerMl),
-                                 insertion_point=rasToLps(insertionPointRas) if insertionPointRas is not None else None)
+                                 insertion_point=self.insertionPointLps(insertionPointNode, inputVolumeNode))
         record["labels_edited"] = self.outputState(segmentationNode) != UNCHANGED
         return outputs.write_study(outputDirectory, name, result, record, labels=labels, qc_flags=record["qc_flags"],
                                    overwrite=overwrite)
@@ -419,6 +452,7 @@ class SegmentationJob:
         self.state = RunState()
         self.segmentationNode = None
         self.errorMessage = ""
+        self._cancelRequested = False
         self._outputHashAtStart = self._outputHash()
 
     def _outputHash(self):
@@ -431,6 +465,8 @@ class SegmentationJob:
         self.runner.start(image, modelPath, settings.device, settings.batchSize)
 
     def cancel(self) -> None:
+        """From now on the run ends as cancelled, even if its result is already waiting (scene close)."""
+        self._cancelRequested = True
         self.runner.cancel()
 
     @property
@@ -447,6 +483,8 @@ class SegmentationJob:
                 self.progressInfo.emit(state.done, state.total)
             self.state = state
             return True
+        if self._cancelRequested and state.status != CANCELLED:
+            state = RunState(CANCELLED, message="Cancelled; nothing was changed.")
         self.state = state
         if state.status == CANCELLED:
             self.cancelled.emit()

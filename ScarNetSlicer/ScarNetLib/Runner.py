@@ -7,8 +7,9 @@ returning a RunState, ``cancel()`` - so the logic and its tests do not care wher
 * ThreadRunner    - a Python thread in this process; the model is loaded once and cached.
 * SubprocessRunner - a child Python process running the engine's worker entry point
   (``python -m ScarNetCore.worker``); the GUI default: the Slicer GUI never waits on it, Cancel
-  always works (cooperative first, then the process is killed), and a crash in the inference
-  stack (e.g. a GPU driver fault) cannot take Slicer down.
+  always works (cooperative first, then the whole process tree is killed: PythonSlicer is a
+  launcher whose child is the real Python), and a crash in the inference stack (e.g. a GPU
+  driver fault) cannot take Slicer down.
 
 Nothing here touches the MRML scene; results are applied by the logic on the main thread.
 """
@@ -17,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import SimpleITK as sitk
+
+from . import Dependencies
 
 RUNNING, FINISHED, FAILED, CANCELLED = "running", "finished", "failed", "cancelled"
 
@@ -175,19 +178,60 @@ def _pythonPathForWorker() -> str:
     return os.pathsep.join([str(Path(ScarNetCore.__file__).resolve().parents[1])] + ([existing] if existing else []))
 
 
-def defaultPythonExecutable() -> str:
-    """PythonSlicer inside Slicer (same packages as Slicer's Python), else this interpreter."""
-    import shutil
-    return shutil.which("PythonSlicer") or sys.executable
+
+
+def _startOptions() -> dict:
+    """Popen options that put the worker and everything it starts into one group cancel can kill."""
+    if os.name == "nt":  # no console flashing up; taskkill /T finds the tree from the launcher
+        return {"creationflags": subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}  # its own process group, whose id is the launcher's pid
+
+
+def _killTree(process: subprocess.Popen) -> None:
+    """Kill the launcher and every process it started (a kill of the launcher alone orphans the worker)."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True,
+                       creationflags=subprocess.CREATE_NO_WINDOW)
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # all gone already
+        pass
+
+
+def _treeRunning(process: subprocess.Popen) -> bool:
+    """Whether any process of the run still runs (zombies waiting to be reaped by init do not count)."""
+    if process.poll() is None:
+        return True
+    if os.name == "nt":
+        return False  # taskkill /T /F has returned: the tree is gone
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True  # cannot tell a zombie from a live process here: assume it still runs
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state ppid pgrp ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == process.pid and fields[0] != "Z":
+            return True
+    return False
 
 
 class SubprocessRunner:
     """Runs ``python -m ScarNetCore.worker`` in a child process; progress and results travel through files."""
 
     CANCEL_GRACE_SECONDS = 10.0  # cooperative cancel first (between batches), then kill
+    EXIT_WAIT_SECONDS = 10.0     # after a kill: how long to wait for the processes to be gone
 
     def __init__(self, pythonExecutable: Optional[str] = None, workDir: Optional[str] = None):
-        self.pythonExecutable = pythonExecutable or defaultPythonExecutable()
+        self.pythonExecutable = pythonExecutable or Dependencies.pythonExecutable()  # PythonSlicer in Slicer
         self._workDirParent = workDir
         self._process: Optional[subprocess.Popen] = None
         self._dir: Optional[Path] = None
@@ -205,9 +249,8 @@ class SubprocessRunner:
             command += ["--model", str(modelPath)]
         env = dict(os.environ, PYTHONPATH=_pythonPathForWorker(), PYTHONUNBUFFERED="1")
         self._log = open(self._dir / "worker.log", "wb")
-        creationFlags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console flashing up on Windows
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                         creationflags=creationFlags)
+                                         **_startOptions())
         self._state = RunState(RUNNING)
 
     def _readStatus(self) -> Optional[dict]:
@@ -229,21 +272,19 @@ class SubprocessRunner:
         exitCode = self._process.poll()
         if exitCode is None:
             if self._cancelRequestedAt and time.monotonic() - self._cancelRequestedAt > self.CANCEL_GRACE_SECONDS:
-                self._process.kill()
-                self._process.wait()
                 self._finish(RunState(CANCELLED, message="Cancelled; nothing was changed."))
             else:
                 self._state = dataclasses.replace(self._state, done=int(status.get("done", 0)),
                                                   total=int(status.get("total", 0)))
             return self._state
         state = status.get("state")
-        if state == FINISHED and (self._dir / "labels.nrrd").exists():
+        if self._cancelRequestedAt or state == CANCELLED:  # a cancelled run's result is never used
+            final = RunState(CANCELLED, message="Cancelled; nothing was changed.")
+        elif state == FINISHED and (self._dir / "labels.nrrd").exists():
             final = RunState(FINISHED, status.get("done", 0), status.get("total", 0),
                              labels=sitk.ReadImage(str(self._dir / "labels.nrrd")),
                              modelInfo=status.get("model_info", {}), device=status.get("device", ""),
                              qcFlags=list(status.get("qc_flags", [])), runRecord=status.get("run_record", {}))
-        elif state == CANCELLED or self._cancelRequestedAt:
-            final = RunState(CANCELLED, message="Cancelled; nothing was changed.")
         elif state == FAILED:
             final = RunState(FAILED, errorType=status.get("error_type", ""), message=status.get("message", ""))
         else:
@@ -254,13 +295,25 @@ class SubprocessRunner:
         return self._state
 
     def _finish(self, state: RunState) -> None:
+        """End the run: no process of it may outlive it (a launcher that died leaves its child behind),
+        and its folder goes only once none runs - a live worker could still be writing there."""
         self._state = state
+        if _treeRunning(self._process):
+            _killTree(self._process)
+            deadline = time.monotonic() + self.EXIT_WAIT_SECONDS
+            while _treeRunning(self._process) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self._process.poll()  # reap the launcher
         self._log.close()
+        if _treeRunning(self._process):
+            import logging
+            logging.warning(f"ScarNet: worker processes of {self._dir} did not exit; the folder is left in place.")
+            return
         import shutil
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def cancel(self) -> None:
-        if self._process is not None and self._process.poll() is None and not self._cancelRequestedAt:
+        if self._process is not None and not self._state.isDone and not self._cancelRequestedAt:
             (self._dir / "cancel").touch()
             self._cancelRequestedAt = time.monotonic()
 

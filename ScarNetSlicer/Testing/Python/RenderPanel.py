@@ -45,7 +45,11 @@ def standInClasses():
     class qMRMLWidget(QtWidgets.QWidget):
         pass
 
-    return [qMRMLNodeComboBox, ctkCollapsibleButton, ctkPathLineEdit, qMRMLTableView, qMRMLWidget]
+    class qSlicerMarkupsPlaceWidget(QtWidgets.QToolButton):  # shows only its Place button in ScarNet
+        pass
+
+    return [qMRMLNodeComboBox, ctkCollapsibleButton, ctkPathLineEdit, qMRMLTableView, qMRMLWidget,
+            qSlicerMarkupsPlaceWidget]
 
 
 def loadPanel(uiPath: Path = UI_PATH):
@@ -78,8 +82,9 @@ def dressPanel(panel) -> None:
     panel.findChild(QtWidgets.QLineEdit, "modelPathLineEdit").setEnabled(False)
     panel.findChild(QtWidgets.QSpinBox, "batchSizeSpinBox").setValue(8)
     panel.findChild(QtWidgets.QDoubleSpinBox, "densitySpinBox").setValue(1.05)
-    panel.findChild(QtWidgets.QLabel, "modelInfoLabel").setText("Bundled model: scarnet_litemedsam_emidec.safetensors")
+    panel.findChild(QtWidgets.QLabel, "modelInfoLabel").setText("Bundled model: scarnet_v2_emidec.safetensors")
     panel.findChild(QtWidgets.QProgressBar, "progressBar").setValue(0)
+    panel.findChild(QtWidgets.QToolButton, "insertionPointPlaceWidget").setText("Place")
     table = panel.findChild(QtWidgets.QTableWidget, "resultTableView")
     table.setColumnCount(3)
     table.setHorizontalHeaderLabels(["Measurement", "Value", "Unit"])
