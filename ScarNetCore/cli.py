@@ -60,10 +60,10 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
     name = input_stem(path)
     outputs.refuse_overwrite(out_dir, name, overwrite)
     started = outputs.now()
-    image = read_image(path, series)
+    notes = []  # facts about the input worth knowing (uneven DICOM slice spacing, an assumed pixel size)
+    image = read_image(path, series, notes)
     if not force:  # --force: the user says this few-valued image is an image
         check_not_label_map(image)
-    notes = []
     if pixel_spacing is not None or str(path).lower().endswith(".png"):
         # PNG stores no pixel size (ITK reports a placeholder 1 mm); volumes and the model's
         # resampling need one, so take the user's or the nominal size the model was trained with
@@ -76,7 +76,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
         if Path(path).is_dir():
             dicom_files = input_files(path, series)
         else:
-            notes.append("no DICOM SEG written: --dicom-seg needs a DICOM series folder as input")
+            notes.append(outputs.NO_DICOM_SEG.format("--dicom-seg needs a DICOM series folder as input"))
     bar = _ProgressBar(name)
     try:
         result = segmenter.segment(image, progress=bar, batch_size=batch_size)
@@ -90,9 +90,11 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
                                   overlay_image=image if overlay else None, dicom_files=dicom_files,
                                   overwrite=overwrite)
     written["metrics"] = report.global_metrics
-    written["summary_row"] = outputs.summary_row(report, result.qc_flags)
+    written["summary_row"] = outputs.summary_row(report, record["qc_flags"])  # the model's and the output layer's
     written["warnings"] = record["warnings"]
-    written["qc_flags"] = list(result.qc_flags)
+    written["qc_flags"] = record["qc_flags"]
+    if record.get("dicom_seg_skipped"):
+        written["dicom_seg_skipped"] = record["dicom_seg_skipped"]
     return written
 
 
@@ -151,12 +153,16 @@ def _print_summary(path, written: dict):
     _say(f"{path}: myocardium {g['myocardium_ml']:.1f} mL, scar {g['scar_ml']:.1f} mL"
          + (f" ({pct:.1f} % of LV)" if pct is not None else "") + f", MVO {g['mvo_ml']:.1f} mL")
     from .inference import QC_MESSAGES
+    from .outputs import DICOM_SEG_SKIPPED, NO_DICOM_SEG
+    skipped = NO_DICOM_SEG.format(written["dicom_seg_skipped"]) if "dicom_seg_skipped" in written else None
+    messages = {**QC_MESSAGES, DICOM_SEG_SKIPPED: f"{skipped}; the other files are complete"}
     for flag in written.get("qc_flags", []):
-        _say(f"warning: {path}: {flag}: {QC_MESSAGES.get(flag, flag)}", err=True)
+        _say(f"warning: {path}: {flag}: {messages.get(flag, flag)}", err=True)
     for warning in written.get("warnings", []):
-        _say(f"  note: {warning}")
+        if warning != skipped:  # said in the warning line above
+            _say(f"  note: {warning}")
     for key, value in written.items():
-        if key not in ("metrics", "summary_row", "warnings", "qc_flags"):
+        if key not in ("metrics", "summary_row", "warnings", "qc_flags", "dicom_seg_skipped"):
             _say(f"  wrote {value}")
 
 
@@ -303,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "the K-th (0-based); the rows go to OUTDIR/cohort.part-K-of-N.csv")
     seg.add_argument("--parts", type=int, metavar="N", help="split the inputs into N parts (machines, SLURM array)")
     seg.add_argument("--series", metavar="UID",
-                     help="for a DICOM folder holding several series: the SeriesInstanceUID to segment")
+                     help="for a DICOM folder holding several series: the SeriesInstanceUID to segment; "
+                          "UID:N for stack N of a series holding several (the error message lists them)")
     seg.add_argument("--force", action="store_true",
                      help="segment an input even though it looks like a label map (few integer values)")
     seg.set_defaults(func=cmd_segment)

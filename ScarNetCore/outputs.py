@@ -2,8 +2,15 @@
 
 `scarnet segment`, `scarnet quantify`, `scarnet demo` and the Slicer module's Export all write through
 `write_study`, so one study's files are named the same way whoever made them (OUT/<name><suffix>, see
-SUFFIXES). Every file is written atomically (io.atomic_path) and the run record last: a study whose
-run record lists files that all exist is complete (`scarnet segment --resume` relies on that).
+SUFFIXES). A study is written whole or not at all: every file is first written into a hidden staging
+folder inside OUT (OUT/.scarnet-staging-<name>-XXXX, same file system) and only when all of them are
+there are they moved into place, one os.replace each, the run record last. Any failure before that
+leaves nothing of the study in OUT. A study whose run record lists files that all exist is complete
+(`scarnet segment --resume` relies on that); a crash in the middle of the move leaves no run record,
+so --resume redoes the study. The earlier files of a study that --overwrite replaces wait in the
+staging folder (.earlier) until the new run record is placed; a run that fails or is killed before
+then puts them back (itself, or the next run when it finds the staging folder), so an earlier result
+is never lost to an unfinished run. Other staging folders a killed run left behind are removed.
 A cohort run also keeps one table, OUT/cohort.csv (CohortTable). Processes writing into one folder
 take turns (folder_lock), so two runs never mix their files or lose each other's cohort rows.
 """
@@ -16,6 +23,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +55,10 @@ COHORT = "cohort.csv"
 COHORT_COLUMNS = ("input", "status", "error")
 LOCK = ".scarnet.lock"          # hidden; filelock leaves the (empty) file in place on POSIX
 LOCK_WAIT_S = 600.0             # writing one study takes seconds: a longer hold means a stuck process
+STAGING = ".scarnet-staging-"   # hidden per-study folder in OUT where a study's files are written first
+EARLIER = ".earlier"            # in a staging folder: the earlier files of the study, until the new ones are all placed
+DICOM_SEG_SKIPPED = "dicom_seg_skipped"  # flag of a study whose DICOM SEG could not be made (reason in the run record)
+NO_DICOM_SEG = "no DICOM SEG written: {}"  # the warning, with the reason
 
 
 def study_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
@@ -68,9 +80,21 @@ def refuse_overwrite(out_dir: str | os.PathLike, name: str, overwrite: bool) -> 
 def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, record: dict,
                 labels: sitk.Image | None = None, qc_flags=(), overlay_image: sitk.Image | None = None,
                 dicom_files: list[Path] | None = None, overwrite: bool = False) -> dict[str, Path]:
-    """Write one study's files; returns {kind: path}. The labels come first and the run record last,
-    so each file is complete or absent and a present record means the study is complete. If a write
-    fails (full disk, read-only folder), the files this call made are removed: no partial study.
+    """Write one study's files; returns {kind: path}. All files are written into a staging folder
+    first and moved into place only when every one of them is there, the run record last: a failure
+    of any kind (full disk, read-only folder, an exception while making a file) leaves none of this
+    study's files in OUT, and earlier results of the study stay as they were.
+
+    A DICOM SEG that cannot be made from the source series (dicom_seg.DicomSegSkipped: e.g. no Frame
+    of Reference UID) does not fail the study: the other files are written, the run record says why
+    (`dicom_seg_skipped`, and in `warnings`) and the flag `dicom_seg_skipped` joins the qc_flags of the
+    summary and of the run record. `record` is completed in place (finished, outputs, qc_flags,
+    dicom_seg_skipped): callers read the study's flags from record["qc_flags"].
+
+    With `overwrite`, every earlier file of the study is replaced (all kinds in SUFFIXES, not only
+    those this run writes: an old DICOM SEG or overlay must not lie beside labels it does not match),
+    except a file that is one of this run's inputs (record["inputs"]; `scarnet quantify
+    OUT/<name>_seg.nii.gz --name <name>`): that one stays, and a run that would write onto it is refused.
 
     The overwrite guard is checked again under the folder lock: another process may have written
     this study since the caller's early check."""
@@ -78,17 +102,88 @@ def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, reco
     try:
         with folder_lock(out_dir):
             refuse_overwrite(out_dir, name, overwrite)
-            before = {kind for kind, path in paths.items() if path.exists()}
+            remove_stale_staging(out_dir)
+            keep = _inputs_among(paths, record)
+            staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{name}-", dir=out_dir))
             try:
-                return _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay_image, dicom_files)
-            except OSError:
-                for kind, path in paths.items():
-                    if kind not in before:
-                        path.unlink(missing_ok=True)
-                raise
+                staged = _write_study(staging, name, report, record, labels, qc_flags, overlay_image, dicom_files)
+                return _move_into_place(staged, paths, staging, keep)
+            finally:
+                # what cannot be put back now stays in the staging folder, where the next run finds it
+                with contextlib.suppress(OSError):
+                    _clean_staging(staging)
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot write the results of {name} ({exc.strerror or exc}); free disk "
                           "space or choose a writable -o folder, then run again (nothing of this study was kept)") from exc
+
+
+def remove_stale_staging(out_dir: str | os.PathLike) -> None:
+    """Clean up the staging folders left by a run that was killed while writing a study: earlier files
+    it had moved aside are put back first (_clean_staging). Call under the folder lock: every run
+    writes its study's files while holding it, so any staging folder there is stale."""
+    for path in Path(out_dir).glob(f"{STAGING}*"):
+        if path.is_dir() and not path.is_symlink():
+            _clean_staging(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _clean_staging(staging: Path) -> None:
+    """Remove a staging folder; first, if its study's move into place did not finish (the new run
+    record is still here), undo it: the new files placed so far are taken out of OUT and the earlier
+    files of the study put back, the earlier run record last (complete again only when all is back).
+    Raises OSError if they cannot be put back: the folder then stays, with them, for the next run."""
+    aside = staging / EARLIER
+    name = staging.name[len(STAGING):].rpartition("-")[0]  # mkdtemp's random part holds no '-'
+    new_record = staging / f"{name}{SUFFIXES['run']}"
+    if aside.is_dir() and new_record.is_file():
+        out = staging.parent
+        try:
+            placed = json.loads(new_record.read_text(encoding="utf-8"))["outputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            placed = []
+        for file in placed:
+            if not (staging / file).exists():  # moved into OUT already (an earlier file of that name comes back below)
+                (out / file).unlink(missing_ok=True)
+        for path in sorted(aside.iterdir(), key=lambda p: p.name == new_record.name):
+            os.replace(path, out / path.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _inputs_among(paths: dict[str, Path], record: dict) -> set[Path]:
+    """The study's file names that are this run's own inputs (record["inputs"]): never moved or replaced."""
+    inputs = [entry["path"] for entry in record.get("inputs") or () if isinstance(entry, dict) and entry.get("path")]
+    return {path for path in paths.values() if any(_same_file(path, source) for source in inputs)}
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _move_into_place(staged: dict[str, Path], paths: dict[str, Path], staging: Path,
+                     keep: set[Path] = frozenset()) -> dict[str, Path]:
+    """Move the staged files onto their names in OUT (os.replace: atomic per file; a link planted
+    there is replaced, never followed). Every earlier file of the study but those in `keep` (this
+    run's inputs) is moved aside into the staging folder first, the earlier run record first of all,
+    and the new run record comes last: while files move there is no run record, so a crash here is
+    redone by --resume. If a move fails, or the run is killed, _clean_staging puts the earlier files back."""
+    clash = [paths[kind] for kind in staged if paths[kind] in keep]
+    if clash:
+        raise OutputError(f"{clash[0]} is an input of this run and would be replaced by its result; choose "
+                          "another -o folder (or --name)")
+    aside = staging / EARLIER
+    aside.mkdir()
+    for kind in ("run", *(k for k in paths if k != "run")):
+        if paths[kind] not in keep and (paths[kind].exists() or paths[kind].is_symlink()):
+            os.replace(paths[kind], aside / paths[kind].name)
+    for kind, source in staged.items():
+        if kind != "run":
+            os.replace(source, paths[kind])
+    os.replace(staged["run"], paths["run"])
+    return {kind: paths[kind] for kind in staged}
 
 
 @contextlib.contextmanager
@@ -125,30 +220,39 @@ def folder_lock(out_dir: str | os.PathLike, wait_s: float = LOCK_WAIT_S):
 
 
 def check_writable(out_dir: str | os.PathLike) -> None:
-    """Stop before any work when the output folder cannot be written (read-only, no permission)."""
+    """Stop before any work when the output folder cannot be written (read-only, no permission);
+    remove what a killed run left in its staging folders."""
     try:
         with folder_lock(out_dir):
-            pass
+            remove_stale_staging(out_dir)
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot write into this folder ({exc.strerror or exc}); choose a writable "
                           "-o folder") from exc
 
 
-def _write_study(paths, out_dir, name, report, record, labels, qc_flags, overlay_image, dicom_files) -> dict:
+def _write_study(folder, name, report, record, labels, qc_flags, overlay_image, dicom_files) -> dict:
+    """Write the study's files into `folder` (the staging folder); returns {kind: path}, run record last."""
+    paths = study_paths(folder, name)
     written = {}
     if labels is not None:
         written["labels"] = write_image_atomic(labels, paths["labels"])
-    written.update(write_reports(report, out_dir, name, qc_flags))
+    if dicom_files:  # before the tables: a SEG that cannot be made adds a flag to the summary
+        from .dicom_seg import DicomSegSkipped, write_dicom_seg
+        model = record.get("model") or {}
+        try:
+            written["dicom_seg"] = write_dicom_seg(labels, dicom_files, paths["dicom_seg"], model.get("name") or "")
+        except DicomSegSkipped as exc:
+            record["dicom_seg_skipped"] = str(exc)
+            record.setdefault("warnings", []).append(NO_DICOM_SEG.format(exc))
+            qc_flags = (*qc_flags, DICOM_SEG_SKIPPED)
+    record["qc_flags"] = list(qc_flags)  # the summary's flags: one list, read back by the callers
+    written.update(write_reports(report, folder, name, qc_flags))
     if overlay_image is not None:
         from .overlay import write_overlay
         g = report.global_metrics
         title = f"{name}: scar {g['scar_ml']:.1f} mL" + (
             f" ({g['scar_percent_lv']:.1f} % of LV myocardium)" if g.get("scar_percent_lv") is not None else "")
         written["overlay"] = write_overlay(overlay_image, labels, paths["overlay"], title)
-    if dicom_files:
-        from .dicom_seg import write_dicom_seg
-        model = record.get("model") or {}
-        written["dicom_seg"] = write_dicom_seg(labels, dicom_files, paths["dicom_seg"], model.get("name") or "")
     record.update(finished=record.get("finished") or now(), outputs=sorted(p.name for p in written.values()))
     written["run"] = write_json_atomic(record, paths["run"])
     return written
@@ -264,8 +368,12 @@ def completed_summary(out_dir: str | os.PathLike, name: str, kinds) -> dict | No
     `kinds` are there (what --resume skips); None when the study must be (re)done."""
     paths = study_paths(out_dir, name)
     try:
-        listed = json.loads(paths["run"].read_text(encoding="utf-8"))["outputs"]
-        if {paths[kind].name for kind in kinds} - set(listed):
+        record = json.loads(paths["run"].read_text(encoding="utf-8"))
+        listed = record["outputs"]
+        missing = {paths[kind].name for kind in kinds} - set(listed)
+        if record.get("dicom_seg_skipped"):  # the SEG could not be made from this series: redoing will not change that
+            missing.discard(paths["dicom_seg"].name)
+        if missing:
             return None
         if all((Path(out_dir) / file).is_file() for file in listed):
             return read_csv(paths["summary"])[0]

@@ -118,42 +118,12 @@ def test_parts_write_their_own_tables(cohort, model_path, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- DICOM SEG
 def write_dicom_series(folder: Path, image: sitk.Image) -> list[Path]:
-    """An oblique MR series of single-frame files with the image's voxels (test data, made with pydicom).
+    """An oblique MR series of single-frame files with the image's voxels (dicom_series.write_series).
 
     Files are named against the slice order, so a reader that went by name would stack them wrongly."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    folder.mkdir()
+    from dicom_series import write_series
     pixels = np.clip(sitk.GetArrayFromImage(image), 0, 4095).astype(np.uint16)
-    c, s = 0.866025, 0.5  # 30° about the z axis
-    row_dir, col_dir, normal = np.array([c, s, 0.0]), np.array([-s, c, 0.0]), np.array([0.0, 0.0, 1.0])
-    spacing = image.GetSpacing()
-    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
-    files = []
-    for k, plane in enumerate(pixels):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Synthetic^LGE", "SYN01", "", "O"
-        ds.StudyInstanceUID, ds.StudyID, ds.StudyDate, ds.StudyTime = study, "1", "20240101", "120000"
-        ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality, ds.InstanceNumber = series, 7, "MR", k + 1
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
-        ds.ImageOrientationPatient = [*row_dir, *col_dir]
-        ds.ImagePositionPatient = [round(float(v), 4) for v in (10.0, -20.0, 30.0) + k * spacing[2] * normal]
-        ds.PixelSpacing, ds.SliceThickness = [spacing[1], spacing[0]], spacing[2]
-        ds.Rows, ds.Columns = plane.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = plane.tobytes()
-        path = folder / f"im{len(pixels) - k:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        files.append(path)
-    return files
+    return write_series(folder, pixels, spacing=image.GetSpacing())
 
 
 def test_dicom_seg_round_trip(tmp_path, model_path, positive_slab):
