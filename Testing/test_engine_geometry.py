@@ -91,3 +91,24 @@ def test_oblique_copy_identical_labels(segmenter, positive_slab, positive_slab_r
     result = segmenter.segment(oblique, batch_size=1)
     assert_same_grid(result.labels, oblique)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(original.labels))
+
+
+def test_a_single_slice_stored_as_3d_is_one_slice_everywhere(segmenter):
+    """A 1×64×64 (z, y, x) image whose slice spacing (1.0 mm) is the smallest: inference and
+    quantification (and the overlay, by the same rule) take it as one slice, not 64 along the rows."""
+    from ScarNetCore.quantify import quantify
+    from ScarNetCore.volume import cut_axis, slice_axis
+    yy, xx = np.mgrid[:64, :64]
+    labels = np.zeros((1, 64, 64), np.uint8)
+    radius = np.hypot(yy - 32, xx - 32)
+    labels[0][radius < 16] = 2
+    labels[0][radius < 9] = 1
+    labels[0][(radius >= 9) & (radius < 16) & (xx > 36)] = 3
+    image = sitk.GetImageFromArray(labels.astype(np.float32) * 100 + 50)
+    image.SetSpacing((1.5, 1.5, 1.0))
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(image)
+    assert cut_axis(image) == slice_axis(image) == 0
+    result = quantify(label_image, image)
+    assert len(result.per_slice) == 1
+    assert segmenter.segment(image).labels.GetSize() == (64, 64, 1)

@@ -34,7 +34,7 @@ class StackGeometry:
     def from_image(cls, image: sitk.Image, slice_axis: int | None = None) -> "StackGeometry":
         spacing = np.asarray(image.GetSpacing(), float)
         if slice_axis is None:
-            slice_axis = slice_index_axis(spacing)  # the segmentation's rule: per-slice rows are its slices
+            slice_axis = slice_index_axis(spacing, image.GetSize())  # the segmentation's rule: its slices
         # split_slices keeps the other array axes in order; array axis n is index axis 2 - n
         inplane = tuple(d for d in (2, 1, 0) if d != slice_axis)
         return cls(size=tuple(image.GetSize()), spacing=spacing, origin=np.asarray(image.GetOrigin(), float),
