@@ -106,8 +106,10 @@ class SegmentEnsemble(nn.Module):
 
     @property
     def config(self):
-        """The first member's, taking as many slices as the widest-seeing member."""
-        return replace(self.members[0].config, in_channels=max(m.config.in_channels for m in self.members))
+        """The first member's, taking as many slices as the widest-seeing member, and the whole stack
+        when any member mixes across it."""
+        return replace(self.members[0].config, in_channels=max(m.config.in_channels for m in self.members),
+                       stack_mixing=any(m.config.stack_mixing for m in self.members))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         mean = torch.stack([torch.softmax(net(image if net.config.prior else middle_channels(image, net.config.in_channels))
@@ -129,6 +131,8 @@ class ScarNetCascade(nn.Module):
                 raise ValueError("refine: the network must take stage 2's probabilities and share its classes")
             stages.append((refine, segment_geometry, REFINE))
         for net, geometry, name in stages:
+            if net.config.stack_mixing and name != REFINE:
+                raise ValueError(f"{name}: only the refine stage sees the whole stack (stack_mixing)")
             if net.config.grid_size != geometry.grid_size:
                 raise ValueError(f"{name}: network grid {net.config.grid_size} ≠ preprocessing grid {geometry.grid_size}")
         self.locate, self.segment, self.refine = locate, segment, refine

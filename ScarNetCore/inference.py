@@ -279,6 +279,15 @@ class Segmenter:
             probs, _ = segment_grid(self.model, slices, index, spacing, centre, self.device, self._autocast, step=step)
             stage_2.update(zip(index.tolist(), probs))
             advance(start + len(index))
+        if self.model.refine.config.stack_mixing and len(todo):
+            # a refine stage that sees the stack gets all of it at once, in order, as in training (a slice
+            # stage 2 did not see comes with background as its answer); only todo's results are kept
+            self._check_cancel(cancel)
+            probs = refine_crops(self.model, slices, np.arange(len(slices)), spacing, centre, stage_2, self.device,
+                                 self._autocast, step=step)
+            out.put(todo, probs[todo])
+            advance(2 * len(todo))
+            return
         for start, index in self._batches(todo, batch_size, cancel):
             out.put(index, refine_crops(self.model, slices, index, spacing, centre, stage_2, self.device,
                                         self._autocast, step=step))

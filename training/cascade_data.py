@@ -16,6 +16,9 @@ slice at its pixel spacing by one affine map per view (torch grid_sample):
 - refine: the segment view, with stage 2's class probabilities for the slice and each neighbour
   (cached per case by training/evaluate.py --save-probabilities, on the slice grid) resampled
   through the same maps: what the refine stage gets from stage 2 at inference.
+- stacks (a refine stage with model.stack_mixing): every slice of a case through one crop, one pose
+  and one user crop for the whole stack, as inference crops a stack at one centre; each slice a
+  little displaced (breath-hold misregistration), the stack in either direction.
 Intensity augmentation (gamma, contrast, bias, blur, low resolution, noise) follows (images only).
 Randomness depends on (seed, epoch, index) alone, so a resumed run replays the same views.
 """
@@ -282,6 +285,54 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     return image, mask
 
 
+def stack_view(case: CaseSlices, geometry: StageGeometry, rng, cfg: ViewConfig | None, aug: AugmentConfig | None,
+               context: int = 0):
+    """Every slice of the case, each between its neighbours (and, refine, with their stage-2
+    probabilities), through one crop: images [S, channels, g, g] and masks [S, g, g] in stack order.
+    cfg None: the unaugmented crop at the case's LV centre (validation)."""
+    count = len(case.images)
+    order = np.arange(count)
+    if cfg is not None and rng.random() < cfg.p_reverse:
+        order = order[::-1]
+    matrix = _pose(rng, cfg) if cfg is not None else np.eye(2)
+    centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
+    coords = _coords(geometry, matrix, centre, case.spacing)
+    crop = None
+    if cfg is not None and rng.random() < cfg.p_user_crop:   # an axis-aligned field of view around the heart
+        side = rng.uniform(*cfg.user_crop_mm, 2) / case.spacing
+        crop = (case.centre + rng.uniform(-0.15, 0.15, 2) * side, side)
+    images, masks, insides, where = [], [], [], []
+    for position in order:
+        shift = rng.normal(0, cfg.neighbour_shift_mm, 2) / case.spacing if cfg is not None else np.zeros(2)
+        where.append(coords + shift[:, None, None])
+        image, mask, inside = _sample(case.images[position], case.masks[position], where[-1])
+        if crop is not None:
+            inside &= np.all(np.abs(where[-1] - crop[0][:, None, None]) <= crop[1][:, None, None] / 2, axis=0)
+        images.append(normalize_in_window(image, inside))
+        masks.append(mask * inside)
+        insides.append(inside)
+    images = np.stack(images)
+    if aug is not None:   # one acquisition: the same intensity changes for every slice
+        images = augment_intensity(images, rng, aug) * np.stack(insides)
+    channels = neighbour_indices(np.arange(count), count, context)   # stack positions, in view order
+    stacked = images[channels]
+    if case.priors is not None:
+        priors = np.stack([_sample_channels(case.priors[p], w) * i for p, w, i in zip(order, where, insides)])
+        stacked = np.concatenate([stacked, priors[channels].reshape(count, -1, *priors.shape[-2:])], 1)
+    return stacked, np.stack(masks)
+
+
+def collate_stacks(items: list[dict]) -> dict:
+    """Whole stacks into one batch: their slices one after the other, with the stack sizes the network
+    needs to keep them apart (ScarNet's `stacks`) and each slice's case."""
+    sizes = [len(item["image"]) for item in items]
+    batch = {"image": torch.cat([item["image"] for item in items]), "mask": torch.cat([item["mask"] for item in items]),
+             "stacks": sizes}
+    if "case" in items[0]:
+        batch["case"] = [item["case"] for item, n in zip(items, sizes) for _ in range(n)]
+    return batch
+
+
 def lv_crops(samples, geometry: StageGeometry, source_spacing_mm: float) -> list:
     """Every slice as its unaugmented crop at the case's LV centre: what a frozen-encoder run encodes
     and caches (the cache's augmented views and on-the-fly warps then add rotation, zoom and jitter)."""
@@ -295,11 +346,12 @@ def lv_crops(samples, geometry: StageGeometry, source_spacing_mm: float) -> list
 
 
 class StageViews(torch.utils.data.Dataset):
-    """Views of every slice for stage `locate` or `segment`; train=False gives fixed validation views."""
+    """Views of every slice for stage `locate` or `segment`; train=False gives fixed validation views.
+    stacks=True: an item is a whole case (stack_view; batch them with collate_stacks)."""
 
     def __init__(self, samples, stage: str, geometry: StageGeometry, source_spacing_mm: float, seed: int,
                  view_cfg: ViewConfig = ViewConfig(), aug_cfg: AugmentConfig = AugmentConfig(), train: bool = True,
-                 context: int = 0, priors: dict[str, np.ndarray] | None = None):
+                 context: int = 0, priors: dict[str, np.ndarray] | None = None, stacks: bool = False):
         if stage not in (LOCATE, SEGMENT, REFINE):
             raise ValueError(f"stage {stage!r}: choose {LOCATE}, {SEGMENT} or {REFINE}")
         if (stage == REFINE) != (priors is not None):
@@ -311,7 +363,10 @@ class StageViews(torch.utils.data.Dataset):
         for c, v in by_case.items():
             ordered = sorted(v, key=lambda s: s.index)
             self.cases[c] = CaseSlices(ordered, source_spacing_mm, None if priors is None else _priors_of(priors[c], ordered))
-        self.items = [(c, i) for c, case in self.cases.items() for i in range(len(case.images))]
+        if stacks and stage == LOCATE:
+            raise ValueError("whole-stack views are for the segment and refine stages")
+        self.items = [(c, None) for c in self.cases] if stacks else \
+            [(c, i) for c, case in self.cases.items() for i in range(len(case.images))]
         self.stage, self.geometry, self.seed, self.train, self.epoch = stage, geometry, seed, train, 0
         self.view_cfg, self.aug_cfg, self.context = view_cfg, aug_cfg, context
 
@@ -330,12 +385,15 @@ class StageViews(torch.utils.data.Dataset):
         case = self.cases[case_id]
         # validation views are fixed: their randomness does not depend on the epoch
         rng = np.random.default_rng([self.seed, self.epoch if self.train else 10 ** 6, index])
-        if self.stage == LOCATE:
+        if i is None:
+            image, mask = stack_view(case, self.geometry, rng, self.view_cfg if self.train else None,
+                                     self.aug_cfg if self.train else None, self.context)
+        elif self.stage == LOCATE:
             image, mask = locate_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg)
         elif self.train:
             image, mask = segment_view(case, i, self.geometry, rng, self.view_cfg, self.aug_cfg, self.context)
         else:
             image, mask = segment_view(case, i, self.geometry, rng, None, None, self.context)
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        return {"image": image if image.ndim == 3 else image[None],  # locate views are one plane
+        return {"image": image[None] if image.ndim == 2 else image,  # locate views are one plane
                 "mask": torch.from_numpy(mask.astype(np.int64))}

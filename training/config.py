@@ -33,6 +33,8 @@ class ModelConfig:
     spacing_mm: float | None = None        # cascade stage: None: the stage's spacing (2 mm locate, 1.25 mm segment)
     in_channels: int = 1                   # segment and refine stages: 3 = the slice between its neighbours (2.5-D)
     remote_contrast: bool = False          # refine stage: also each slice in SDs from stage 2's healthy myocardium
+    stack_mixing: bool = False             # refine stage: whole stacks per item, features mix across slices (3-D view);
+                                           # optim.batch_size then counts stacks
 
 
 @dataclass

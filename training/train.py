@@ -35,7 +35,7 @@ from ScarNetCore.model import ScarNet, ScarNetConfig
 from ScarNetCore.preprocessing import PreprocessConfig
 from ScarNetCore.cascade import LOCATE, LOCATE_GEOMETRY, REFINE, SEGMENT, SEGMENT_GEOMETRY
 from training.augment import AugmentConfig, augment
-from training.cascade_data import StageViews, ViewConfig, lv_crops, read_priors
+from training.cascade_data import StageViews, ViewConfig, collate_stacks, lv_crops, read_priors
 from training.config import TrainConfig
 from training.data import case_ids, read_dataset
 from training.feature_cache import CachedViews, build_cache
@@ -100,10 +100,11 @@ def initialise_from(model: ScarNet, checkpoint: str) -> None:
 
     A refine stage may start from a stage-2 network of the same shape: the weights its first layer
     gives stage 2's probabilities (and the remote contrast) start at zero, so it begins as that network
-    and learns to use them."""
+    and learns to use them. Stack mixing, new or kept, starts as the checkpoint has it (zero if new)."""
     source, meta = load_checkpoint(checkpoint)
     theirs = ScarNetConfig.from_dict(meta["config"])
-    inputs = dict(prior=model.config.prior, remote_contrast=model.config.remote_contrast)
+    inputs = dict(prior=model.config.prior, remote_contrast=model.config.remote_contrast,
+                  stack_mixing=model.config.stack_mixing)
     if dataclasses.replace(theirs, **inputs) != model.config:
         ours = model.config.to_dict()
         differ = {k: (v, ours[k]) for k, v in theirs.to_dict().items() if v != ours[k]}
@@ -114,6 +115,8 @@ def initialise_from(model: ScarNet, checkpoint: str) -> None:
     missing = model.config.first_layer_channels - weight.shape[1]
     if missing > 0:   # new inputs come after the ones the checkpoint saw, in the order the network takes them
         state[FIRST_CONV] = torch.cat([weight, weight.new_zeros(weight.shape[0], missing, *weight.shape[2:])], 1)
+    if model.config.stack_mixing and not theirs.stack_mixing:   # new mixing layers keep their zero start
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("mixing.")})
     model.load_state_dict(state)
 
 
@@ -168,7 +171,7 @@ def validate(model, loader, device, autocast) -> dict:
     for batch in loader:
         features = batch["features"].to(device) if "features" in batch else None
         with autocast():
-            logits = model(batch["image"].to(device), features)
+            logits = model(batch["image"].to(device), features, batch.get("stacks"))
         pred = logits.argmax(1).cpu().numpy()
         for case, p, r in zip(batch["case"], pred, batch["mask"].numpy()):
             per_case_pred.setdefault(case, []).append(p)
@@ -206,6 +209,9 @@ def run(cfg: TrainConfig, log=print) -> Path:
     if (stage == REFINE) != bool(cfg.data.prior_dir):
         raise ValueError(f"data.prior_dir (stage 2's probabilities, training/evaluate.py --save-probabilities) "
                          f"goes with data.stage {REFINE}, and only with it")
+    if cfg.model.stack_mixing and stage != REFINE:
+        raise ValueError(f"model.stack_mixing (whole stacks, a 3-D view) is for data.stage {REFINE}: inference runs "
+                         "stage 1 and stage 2 on batches of slices, the refine stage on the whole stack")
     if cfg.model.spacing_mm and stage == "full":
         raise ValueError("model.spacing_mm sets a cascade stage's spacing; the full-slice model uses the reader's grid")
     # cascade stages draw their views from slices on the v1 grid (1.25 mm, 320 mm) at run time
@@ -224,7 +230,8 @@ def run(cfg: TrainConfig, log=print) -> Path:
     model_config = ScarNetConfig(encoder=mc.encoder, encoder_checkpoint=mc.encoder_checkpoint,
                                  encoder_input_size=mc.encoder_input_size, base_channels=mc.base_channels,
                                  num_classes=STAGE_CLASSES[stage], grid_size=grid, in_channels=mc.in_channels,
-                                 prior=stage == REFINE, remote_contrast=mc.remote_contrast)
+                                 prior=stage == REFINE, remote_contrast=mc.remote_contrast,
+                                 stack_mixing=mc.stack_mixing)
     model = ScarNet(model_config)
     if stage != "full":
         geometry = dataclasses.replace(STAGE_GEOMETRY[stage], grid_size=grid,
@@ -254,9 +261,9 @@ def run(cfg: TrainConfig, log=print) -> Path:
         context = mc.in_channels // 2
         priors = read_priors(cfg.data.prior_dir, split["train"] + split["validation"]) if stage == REFINE else None
         train_set = StageViews(train_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg,
-                               context=context, priors=priors)
+                               context=context, priors=priors, stacks=mc.stack_mixing)
         val_set = StageViews(val_samples, stage, geometry, source_spacing, cfg.optim.seed, views, aug_cfg,
-                             train=False, context=context, priors=priors)
+                             train=False, context=context, priors=priors, stacks=mc.stack_mixing)
     elif use_cache:
         cache_root = out / "feature_cache"
         if main:
@@ -278,10 +285,12 @@ def run(cfg: TrainConfig, log=print) -> Path:
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.optim.seed) \
         if world > 1 else None
     generator = torch.Generator().manual_seed(cfg.optim.seed)
+    collate = collate_stacks if mc.stack_mixing else None   # whole stacks: their slices one after the other
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=sampler is None,
                                                sampler=sampler, generator=generator, drop_last=len(train_set) > cfg.optim.batch_size * world,
-                                               num_workers=cfg.optim.workers)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.optim.batch_size, num_workers=cfg.optim.workers)
+                                               num_workers=cfg.optim.workers, collate_fn=collate)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.optim.batch_size, num_workers=cfg.optim.workers,
+                                             collate_fn=collate)
 
     head_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
     enc_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
@@ -334,7 +343,7 @@ def run(cfg: TrainConfig, log=print) -> Path:
         for i, batch in enumerate(train_loader):
             features = batch["features"].to(device) if "features" in batch else None
             with autocast():
-                logits = net(batch["image"].to(device), features)
+                logits = net(batch["image"].to(device), features, batch.get("stacks"))
             losses = criterion(logits.float(), batch["mask"].to(device))
             scaler.scale(losses["loss"] / cfg.optim.grad_accumulation).backward()
             if (i + 1) % cfg.optim.grad_accumulation == 0 or i + 1 == len(train_loader):

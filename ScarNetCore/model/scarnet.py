@@ -12,6 +12,7 @@ from .blocks import ConvBlock
 from .decoder import DecoderBlock
 from .encoders import build_encoder
 from .fusion import AdaptiveFusion
+from .stack import StackMixing
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class ScarNetConfig:
                                                # for each of its slices (channels after the slices)
     remote_contrast: bool = False              # with prior: also sees each slice in SDs from the healthy myocardium
                                                # stage 2 finds (remote_contrast below), computed inside the network
+    stack_mixing: bool = False                 # the batch is a stack in order: coarse features also mix across
+                                               # neighbouring slices (stack.StackMixing at MIXING_STRIDES)
 
     @property
     def has_encoder(self) -> bool:
@@ -56,6 +59,7 @@ class ScarNetConfig:
 NO_ENCODER = "none"
 HEALTHY_MYOCARDIUM = 2      # its probability channel tells remote_contrast where the remote myocardium is
 MIN_REMOTE_PIXELS = 50      # fewer healthy-myocardium pixels than this: no contrast to measure (channels zero)
+MIXING_STRIDES = (4, 8, 16)  # stack_mixing: the levels whose features meet the neighbouring slices' (reach ±3)
 
 
 def remote_contrast(image: torch.Tensor, config: ScarNetConfig) -> torch.Tensor:
@@ -104,6 +108,8 @@ class ScarNet(nn.Module):
             str(2 ** i): AdaptiveFusion(self.encoder.out_channels, widths[i])
             for i in range(self.LEVELS) if 2 ** i in config.fusion_strides and self.encoder is not None
         })
+        self.mixing = nn.ModuleDict({str(2 ** i): StackMixing(widths[i]) for i in range(self.LEVELS)
+                                     if 2 ** i in MIXING_STRIDES and config.stack_mixing})
         self.up = nn.ModuleList([DecoderBlock(widths[i], widths[i - 1], widths[i - 1])
                                  for i in range(self.LEVELS - 1, 0, -1)])
         self.head = nn.Conv2d(widths[0], config.num_classes, 1)
@@ -114,8 +120,11 @@ class ScarNet(nn.Module):
         slices = image[:, :self.config.in_channels]   # a refine stage's probabilities follow the slices
         return self.encoder(middle_channels(slices, 1)) if self.encoder is not None else None
 
-    def forward(self, image: torch.Tensor, encoder_features: torch.Tensor | None = None) -> torch.Tensor:
-        """image: [B, input_channels, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid]."""
+    def forward(self, image: torch.Tensor, encoder_features: torch.Tensor | None = None,
+                stacks: list[int] | None = None) -> torch.Tensor:
+        """image: [B, input_channels, grid, grid] in [0, 1] → logits [B, num_classes, grid, grid].
+        stacks (stack_mixing only): the sizes of the consecutive stacks the batch holds, each in stack
+        order; None: the batch is one stack. Without stack_mixing every slice is on its own."""
         if encoder_features is None:
             encoder_features = self.encode(image)
         if encoder_features is not None:
@@ -127,6 +136,8 @@ class ScarNet(nn.Module):
             fusion = self.fusion[str(2 ** level)] if str(2 ** level) in self.fusion else None
             if fusion is not None:
                 x = fusion(x, encoder_features)
+            if str(2 ** level) in self.mixing:
+                x = self.mixing[str(2 ** level)](x, stacks)
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = block(x, skip)
