@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import ScarNetError
-from .io import affine_of_image, atomic_path
+from .io import affine_of_image, atomic_path, frame_count
 from .labels import LEFT_VENTRICLE, TERMINOLOGY
 
 SERIES_NUMBER = 300  # the series number dcmqi (Slicer's DICOM SEG writer) gives segmentations
@@ -58,7 +58,7 @@ def make_dicom_seg(labels: sitk.Image, series_files: list[Path], model_name: str
     array = sitk.GetArrayFromImage(labels).astype(np.uint8)  # [slice, row, column], like the source frames
     if array.ndim == 2:
         array = array[None]
-    multiframe = len(sources) == 1 and int(getattr(sources[0], "NumberOfFrames", 1) or 1) > 1
+    multiframe = len(sources) == 1 and frame_count(sources[0]) > 1
     if multiframe:
         # the frames of an enhanced (multi-frame) image need not be stored in slice order: give highdicom
         # the labels with their geometry and let it place each frame (and find its source frame)
@@ -108,7 +108,7 @@ def _check_sources(sources) -> None:
     frames_of_reference = {s.FrameOfReferenceUID for s in sources}
     if len(frames_of_reference) > 1:
         raise DicomSegSkipped(f"the source images lie in {len(frames_of_reference)} Frames of Reference")
-    single = [s for s in sources if int(getattr(s, "NumberOfFrames", 1) or 1) == 1]
+    single = [s for s in sources if frame_count(s) == 1]
     if single and any(getattr(s, a, None) is None for s in single
                       for a in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")):
         raise DicomSegSkipped("the source images have no image plane (orientation, position or pixel spacing)")

@@ -180,7 +180,7 @@ def _dicom_stack(path: Path, series: str | None) -> tuple[list[Path], list[str],
         stack = int(number)
     uid, files = _series_files(path, uid)
     heads = [_header(f) for f in files]
-    if any(_frames_of(h) > 1 for h in heads):
+    if any(frame_count(h) > 1 for h in heads):
         if len(files) > 1:
             raise InputError(f"{path}: series {uid} holds {len(files)} multi-frame images; give a folder "
                              "holding the one multi-frame LGE image to segment")
@@ -289,7 +289,8 @@ def _sort_key(value: str):
         return (1, 0.0, value)
 
 
-def _frames_of(header) -> int:
+def frame_count(header) -> int:
+    """Frames in a DICOM image (NumberOfFrames; 1 for a single-frame image)."""
     try:
         return int(getattr(header, "NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):

@@ -244,6 +244,18 @@ def _neighbours(case: CaseSlices, index: int, context: int, rng, cfg: ViewConfig
     return positions
 
 
+def _user_crop(case: CaseSlices, rng, cfg: ViewConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A user's axis-aligned field of view in the source image, around the heart: (centre, side) in pixels."""
+    side = rng.uniform(*cfg.user_crop_mm, 2) / case.spacing
+    return case.centre + rng.uniform(-0.15, 0.15, 2) * side, side
+
+
+def _in_crop(coords: np.ndarray, crop: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Which source pixel coords [2, H, W] lie inside the crop."""
+    centre, side = crop
+    return np.all(np.abs(coords - centre[:, None, None]) <= side[:, None, None] / 2, axis=0)
+
+
 def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig | None,
                  aug: AugmentConfig | None, context: int = 0):
     """cfg None: the unaugmented crop at the case's LV centre (validation). context: neighbours on each
@@ -271,10 +283,7 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
         images.append(_sample(case.images[position], case.masks[position], where[-1])[0])
     image = np.stack(images)
     if cfg is not None and rng.random() < cfg.p_user_crop:
-        # an axis-aligned field of view in the source image, around the heart
-        side = rng.uniform(*cfg.user_crop_mm, 2) / case.spacing
-        fov_centre = case.centre + rng.uniform(-0.15, 0.15, 2) * side
-        inside &= np.all(np.abs(coords - fov_centre[:, None, None]) <= side[:, None, None] / 2, axis=0)
+        inside &= _in_crop(coords, _user_crop(case, rng, cfg))
         mask = mask * inside
     image = np.stack([normalize_in_window(c, inside) for c in image])
     if aug is not None:
@@ -298,16 +307,15 @@ def stack_view(case: CaseSlices, geometry: StageGeometry, rng, cfg: ViewConfig |
     centre = case.centre + (rng.normal(0, cfg.jitter_mm, 2) / case.spacing if cfg is not None else 0)
     coords = _coords(geometry, matrix, centre, case.spacing)
     crop = None
-    if cfg is not None and rng.random() < cfg.p_user_crop:   # an axis-aligned field of view around the heart
-        side = rng.uniform(*cfg.user_crop_mm, 2) / case.spacing
-        crop = (case.centre + rng.uniform(-0.15, 0.15, 2) * side, side)
+    if cfg is not None and rng.random() < cfg.p_user_crop:
+        crop = _user_crop(case, rng, cfg)
     images, masks, insides, where = [], [], [], []
     for position in order:
         shift = rng.normal(0, cfg.neighbour_shift_mm, 2) / case.spacing if cfg is not None else np.zeros(2)
         where.append(coords + shift[:, None, None])
         image, mask, inside = _sample(case.images[position], case.masks[position], where[-1])
         if crop is not None:
-            inside &= np.all(np.abs(where[-1] - crop[0][:, None, None]) <= crop[1][:, None, None] / 2, axis=0)
+            inside &= _in_crop(where[-1], crop)
         images.append(normalize_in_window(image, inside))
         masks.append(mask * inside)
         insides.append(inside)

@@ -55,8 +55,9 @@ cp "$RUN/train_state.pt" "$RUN/log.csv" "$KEEP/"
 [ -f "$RUN/best.safetensors" ] && cp "$RUN/best.safetensors" "$KEEP/"
 $PY - "$KEEP/log.csv" <<'EOF'
 import csv, sys
+from training.train import validation_score
 rows = list(csv.DictReader(open(sys.argv[1])))
-best = max(rows, key=lambda r: (float(r["val_myocardium_dice"]) + float(r["val_scar_dice"])) / 2)
+best = max(rows, key=lambda r: validation_score({k[4:]: float(v) for k, v in r.items() if k.startswith("val_")}))
 print(f"after epoch {rows[-1]['epoch']}: last {rows[-1]['val_myocardium_dice']} / {rows[-1]['val_scar_dice']}, "
       f"best epoch {best['epoch']} {best['val_myocardium_dice']} / {best['val_scar_dice']} (crop validation)")
 EOF
