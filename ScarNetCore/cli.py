@@ -53,8 +53,9 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
                 insertion_point=None, overlay: bool = False, pixel_spacing: float | None = None,
                 force: bool = False, dicom_seg: bool = False, series: str | None = None) -> dict:
     """Segment one input and write its study files; returns {kind: path} and its metrics, warnings, qc_flags."""
-    from . import outputs
-    from .io import check_not_label_map, input_files, input_stem, read_image
+    from .io import outputs
+    from .io.validation import check_not_label_map
+    from .io.reading import input_files, input_stem, read_image
     from .quantify import quantify
 
     name = input_stem(path)
@@ -67,7 +68,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
     if pixel_spacing is not None or str(path).lower().endswith(".png"):
         # PNG stores no pixel size (ITK reports a placeholder 1 mm); volumes and the model's
         # resampling need one, so take the user's or the nominal size the model was trained with
-        mm = pixel_spacing or segmenter.preprocessing.png_nominal_spacing_mm
+        mm = pixel_spacing or segmenter.metadata.preprocessing.png_nominal_spacing_mm
         image.SetSpacing((mm,) * image.GetDimension())
         if pixel_spacing is None:
             notes.append(f"PNG has no pixel spacing: assumed {mm} mm/pixel (set it with --pixel-spacing)")
@@ -87,7 +88,7 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
                "pixel_spacing": pixel_spacing, "force": force, "dicom_seg": dicom_seg, "series": series}
     record = outputs.run_record(input_files(path, series), options, started, segmenter, result, notes + report.warnings)
     written = outputs.write_study(out_dir, name, report, record, labels=result.labels, qc_flags=result.qc_flags,
-                                  overlay_image=image if overlay else None, dicom_files=dicom_files,
+                                  overlay=result.stack if overlay else None, dicom_files=dicom_files,
                                   overwrite=overwrite)
     written["metrics"] = report.global_metrics
     written["summary_row"] = outputs.summary_row(report, record["qc_flags"])  # the model's and the output layer's
@@ -101,9 +102,9 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
-    from . import outputs
-    from .inference import Segmenter
-    from .io import input_stem
+    from .io import outputs
+    from .pipeline.segmenter import Segmenter
+    from .io.reading import input_stem
 
     inputs, part = list(args.inputs), None
     if (args.part is None) != (args.parts is None) or (args.parts is not None and not 0 <= args.part < args.parts):
@@ -152,8 +153,8 @@ def _print_summary(path, written: dict):
     pct = g.get("scar_percent_lv")
     _say(f"{path}: myocardium {g['myocardium_ml']:.1f} mL, scar {g['scar_ml']:.1f} mL"
          + (f" ({pct:.1f} % of LV)" if pct is not None else "") + f", MVO {g['mvo_ml']:.1f} mL")
-    from .inference import QC_MESSAGES
-    from .outputs import DICOM_SEG_SKIPPED, NO_DICOM_SEG
+    from .pipeline.segmenter import QC_MESSAGES
+    from .io.outputs import DICOM_SEG_SKIPPED, NO_DICOM_SEG
     skipped = NO_DICOM_SEG.format(written["dicom_seg_skipped"]) if "dicom_seg_skipped" in written else None
     messages = {**QC_MESSAGES, DICOM_SEG_SKIPPED: f"{skipped}; the other files are complete"}
     for flag in written.get("qc_flags", []):
@@ -167,8 +168,8 @@ def _print_summary(path, written: dict):
 
 
 def cmd_quantify(args) -> int:
-    from . import outputs
-    from .io import input_stem, read_image
+    from .io import outputs
+    from .io.reading import input_stem, read_image
     from .quantify import quantify
 
     name = args.name or input_stem(args.labels)
@@ -201,7 +202,7 @@ def cmd_quantify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .inference import Segmenter
+    from .pipeline.segmenter import Segmenter
     from .resources import default_model_path, sample_volume_path
 
     if not default_model_path().is_file():
@@ -228,23 +229,24 @@ def _fresh_folder(base: Path) -> Path:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import load_checkpoint
+    from .model.checkpoint import load_checkpoint
     from .model import ScarNet, ScarNetConfig
     from .resources import default_model_path
 
     if args.encoder:
-        model, meta = ScarNet(ScarNetConfig(encoder=args.encoder, encoder_checkpoint=args.encoder_checkpoint),
+        model, info = ScarNet(ScarNetConfig(encoder=args.encoder, encoder_checkpoint=args.encoder_checkpoint),
                               pretrained_encoder=args.encoder_checkpoint is not None or args.encoder == "litemedsam"), {}
     else:
         model, meta = load_checkpoint(args.model or default_model_path())
-    from .cascade import ScarNetCascade
+        info = meta.info()
+    from .model.cascade import ScarNetCascade
     if isinstance(model, ScarNetCascade):
         refine = "; a refine stage looks again, given stage 2's result" if model.refine is not None else ""
         print(f"ScarNet {__version__}: model v2 cascade (stage 1 finds the LV, stage 2 segments the crop around it{refine})")
         for name in model.stage_names:
             g = model.geometry[name]
-            print(f"  {name}: {g.grid_size}×{g.grid_size} at {g.spacing_mm:g} mm/pixel "
-                  f"({g.grid_size * g.spacing_mm:g} mm field of view)")
+            print(f"  {name}: {g.grid_size}×{g.grid_size} at {g.target_spacing_mm:g} mm/pixel "
+                  f"({g.grid_size * g.target_spacing_mm:g} mm field of view)")
             net = getattr(model, name)
             members = getattr(net, "members", [net])  # an ensemble stage 2: each member
             if len(members) > 1:
@@ -253,9 +255,9 @@ def cmd_info(args) -> int:
                 _describe(member, "    " if len(members) > 1 else "  ")
     else:
         _describe(model, "")
-    for key in ("name", "licence", "training_data", "metrics"):
-        if key in meta and key != "training_data":
-            print(f"{key}: {meta[key]}")
+    for key in ("name", "licence", "metrics"):
+        if key in info:
+            print(f"{key}: {info[key]}")
     return 0
 
 

@@ -26,9 +26,9 @@ def write_status(path: Path, **status) -> None:
 
 
 def slice_count(image) -> int:
-    """Slices the Segmenter cuts `image` into: along the acquisition axis (volume.slice_axis), which need
+    """Slices the Segmenter cuts `image` into: along the acquisition axis (pipeline.stack.cut_axis), which need
     not be k; a single-slice volume (a length-1 axis) or a 2-D image is one slice."""
-    from .volume import cut_axis
+    from .pipeline.stack import cut_axis
     axis = cut_axis(image)
     return 1 if axis is None else int(image.GetSize()[::-1][axis])
 
@@ -48,10 +48,10 @@ def main(argv=None) -> int:
     try:
         import SimpleITK as sitk
 
-        from . import outputs
+        from .io import outputs
         from .errors import Cancelled
-        from .inference import Segmenter
-        from .io import read_image
+        from .pipeline.segmenter import Segmenter
+        from .io.reading import read_image
 
         started = outputs.now()
         segmenter = Segmenter(model_path=args.model, device=args.device)

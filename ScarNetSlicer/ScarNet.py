@@ -35,11 +35,9 @@ import qt  # noqa: E402
 import vtk  # noqa: E402
 
 import slicer  # noqa: E402
-from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,  # noqa: E402
-                    vtkMRMLTableNode)
+from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, # noqa: E402 vtkMRMLTableNode)
 from slicer.parameterNodeWrapper import parameterNodeWrapper  # noqa: E402
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,  # noqa: E402
-                                           ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest, # noqa: E402 ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin  # noqa: E402
 
 from ScarNetLib import Dependencies, ScarNetLogic, ScarNetSettings, SubprocessRunner  # noqa: E402
@@ -276,7 +274,7 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.devicesLabel.text = _("Found: (PyTorch not installed yet, or too old)")
             return
         try:
-            from ScarNetCore.inference import available_devices
+            from ScarNetCore.pipeline.device import available_devices
             self.ui.devicesLabel.text = _("Found: ") + ", ".join(available_devices())
         except Exception as exc:
             self.ui.devicesLabel.text = _("Device check failed: ") + str(exc)
@@ -401,7 +399,7 @@ class ScarNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                      qt.QDir.homePath())
         if not folder:
             return
-        from ScarNetCore import outputs
+        from ScarNetCore.io import outputs
         name = p.inputVolume.GetName()
         existing = [str(f) for f in outputs.study_paths(folder, name).values() if f.exists()]
         if existing and not slicer.util.confirmOkCancelDisplay(

@@ -43,7 +43,7 @@ def model_and_path(tmp_path_factory):
     """
     import torch
 
-    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model.checkpoint import save_checkpoint
     from ScarNetCore.model import ScarNet, ScarNetConfig
 
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def model_path(model_and_path) -> Path:
 @pytest.fixture(scope="session")
 def segmenter(model_path):
     """fp32 on CPU: deterministic across runs and machines (auto picks bf16 where the CPU has it)."""
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     return Segmenter(model_path, device="cpu", precision="fp32")
 
 

@@ -3,7 +3,7 @@
 ITK reads a cut-off compressed stream without complaint (zeros fill the rest) and turns NaN in
 NIfTI into 0, so these rows would otherwise be segmented silently. The CLI rows run in one
 `scarnet segment` call (one model load, no segmentation); one more call shows --force and a good
-input after a bad one. Model-file fuzzing rows go through ScarNetCore.checkpoint directly.
+input after a bad one. Model-file fuzzing rows go through ScarNetCore.model.checkpoint directly.
 Output faults (full disk, read-only folder, two processes on one folder, planted links) are in
 test_outputs.py, which runs real tmpfs mounts and real concurrent processes.
 """
@@ -29,11 +29,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ScarNetCore.checkpoint import FORMAT, load_checkpoint, read_metadata
+from ScarNetCore.model.checkpoint import FORMAT, load_checkpoint, read_metadata
 from ScarNetCore.cli import main
 from ScarNetCore.errors import CheckpointError, InputError
-from ScarNetCore.io import check_not_label_map, read_image, validate_image
-from ScarNetCore.outputs import LOCK
+from ScarNetCore.io.validation import check_not_label_map, validate_image
+from ScarNetCore.io.reading import read_image
+from ScarNetCore.io.outputs import LOCK
 
 COMMON = ["--device", "cpu", "--precision", "fp32"]
 NAN_AT = (1, 2, 3)  # numpy (z, y, x) of the bad voxel; messages give ITK's (x, y, z) = (3, 2, 1)
@@ -406,7 +407,7 @@ def test_hand_written_nrrd_headers(tmp_path):
 
 
 def test_series_option_picks_one_series_and_never_mixes_them(tmp_path):
-    from ScarNetCore.io import read_image
+    from ScarNetCore.io.reading import read_image
     both = two_dicom_series_in_one_folder(tmp_path)[0]
     assert read_image(both, CINE_UID).GetSize()[2] == 2
     assert read_image(both, "1.2.826.0.1.3680043.2.1125.7.1").GetSize()[2] == 3

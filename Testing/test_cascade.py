@@ -9,12 +9,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ScarNetCore.cascade import (LOCATE_GEOMETRY, SEGMENT_GEOMETRY, CascadeParams, ScarNetCascade, find_lv,
-                                 lv_probability, normalize_in_window, whole_image_location)
-from ScarNetCore.checkpoint import load_checkpoint, save_cascade
+from ScarNetCore.model.cascade import LOCATE_GEOMETRY, SEGMENT_GEOMETRY, CascadeParams, ScarNetCascade
+
+from ScarNetCore.pipeline.lv import find_lv, whole_image_location
+
+from ScarNetCore.pipeline.predictor import lv_probability
+
+from ScarNetCore.pipeline.preprocessing import normalize_in_window
+from ScarNetCore.model.checkpoint import load_checkpoint, save_cascade
 from ScarNetCore.errors import CheckpointError
 from ScarNetCore.model import ScarNet, ScarNetConfig
-from ScarNetCore.preprocessing import GridMapping, PreprocessConfig
+from ScarNetCore.pipeline.preprocessing import GridMapping, PreprocessConfig
 
 
 @pytest.mark.parametrize("centre", [(10.0, 20.0), (60.0, 75.0), (95.0, 3.0), (-30.0, 50.0)])
@@ -117,7 +122,7 @@ def test_cascade_checkpoint_with_a_missing_stage_is_refused(tmp_path):
 def test_cascade_segments_on_the_input_grid_and_flags(tmp_path, positive_slab):
     """Seeded small networks with a permissive LV threshold: labels lie on the input grid; the QC
     flags are a list of known names; an image without LV comes back empty and flagged no_lv_found."""
-    from ScarNetCore.inference import QC_MESSAGES, Segmenter
+    from ScarNetCore.pipeline.segmenter import QC_MESSAGES, Segmenter
     path = save_cascade(tmp_path / "v2.safetensors", _small_cascade(lv_threshold=0.3, min_stack_lv_mm2=0), name="t")
     segmenter = Segmenter(path, device="cpu", precision="fp32")
     result = segmenter.segment(positive_slab, return_probabilities=True)
@@ -140,8 +145,8 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path, capsys):
     """An ensemble stage 2 gives the mean of its members' probabilities (through the softmax every
     caller applies), keeps each member's width through the checkpoint, and training/export.py builds
     it from stage checkpoints, reusing the locate stage of an existing v2 file."""
-    from ScarNetCore.cascade import SegmentEnsemble
-    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model.cascade import SegmentEnsemble
+    from ScarNetCore.model.checkpoint import save_checkpoint
     from ScarNetCore.cli import main
     from training.export import main as export_main
 
@@ -183,7 +188,7 @@ def test_ensemble_stage_averages_its_members_and_round_trips(tmp_path, capsys):
 def test_ensemble_of_a_2d_and_a_2_5d_network_gives_each_its_own_slices(tmp_path):
     """A 1-channel member sees the middle slice, a 3-channel member the slice with its neighbours; the
     ensemble asks for three slices and keeps each member's input through its checkpoint."""
-    from ScarNetCore.cascade import SegmentEnsemble
+    from ScarNetCore.model.cascade import SegmentEnsemble
     torch.manual_seed(2)
     flat, deep = (ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=32, in_channels=c)).eval()
                   for c in (1, 3))
@@ -203,7 +208,7 @@ def test_ensemble_of_a_2d_and_a_2_5d_network_gives_each_its_own_slices(tmp_path)
 def test_test_time_views_flips_and_the_dihedral_group():
     """flip_tta averages the identity and two flips; with rot90_tta all eight rotations/mirror images,
     so the result turns with the input (equivariance under a quarter turn); no TTA is one plain pass."""
-    from ScarNetCore.cascade import _tta
+    from ScarNetCore.pipeline.predictor import _tta
     torch.manual_seed(0)
     net = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=32)).eval()
     x = torch.rand(2, 1, 32, 32)
@@ -223,7 +228,8 @@ def test_a_2_5d_stage_2_sees_the_neighbouring_slices_and_nothing_further():
     """in_channels 3: a slice's result depends on the slices next to it (and on no others); the end
     slices take themselves as their missing neighbour; in a thin-slice stack the neighbours are the
     slices about as far away as in training. A 1-channel stage 2 sees its slice alone."""
-    from ScarNetCore.cascade import neighbour_indices, neighbour_step, segment_crops
+    from ScarNetCore.pipeline.stack import neighbour_indices
+    from ScarNetCore.pipeline.predictor import neighbour_step, segment_crops
     assert neighbour_indices(np.array([0, 2, 4]), 5, 1).tolist() == [[0, 0, 1], [1, 2, 3], [3, 4, 4]]
     # neighbours as far apart as in training (10 mm): a thin-slice stack skips slices in between
     assert [neighbour_step(mm, CascadeParams()) for mm in (10.0, 13.0, 8.0, 2.0, None)] == [1, 1, 1, 5, 1]
@@ -251,8 +257,8 @@ def test_a_2_5d_stage_2_sees_the_neighbouring_slices_and_nothing_further():
 
 
 def test_a_lone_2_5d_network_is_refused_as_a_whole_slice_model(tmp_path):
-    from ScarNetCore.checkpoint import save_checkpoint
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.model.checkpoint import save_checkpoint
+    from ScarNetCore.pipeline.segmenter import Segmenter
     net = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size, in_channels=3))
     path = save_checkpoint(tmp_path / "stage2.safetensors", net, SEGMENT_GEOMETRY.preprocess())
     with pytest.raises(CheckpointError, match="--locate"):
@@ -299,7 +305,7 @@ def test_recentring_may_ask_only_the_first_ensemble_member(positive_image):
     """recentre_first_member: the re-centring pass is the ensemble's first member's alone (the bundled
     model's four real networks, 20 mm off the LV); without it, the whole ensemble's."""
     from dataclasses import replace
-    from ScarNetCore.cascade import refine_centre
+    from ScarNetCore.pipeline.predictor import refine_centre
     from ScarNetCore.resources import default_model_path
     cascade, _ = load_checkpoint(default_model_path())
     slices = sitk.GetArrayFromImage(positive_image[:, :, 2:5]).astype(np.float32)
@@ -324,7 +330,7 @@ def test_a_crop_within_stage_2s_window_is_judged_by_stage_2(tmp_path, positive_s
     min_lv_area_mm2, an image larger than the crop, or one smaller than the smallest LV
     cross-section, still stops at stage 1."""
     import ScarNetCore.inference as inference
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     small = positive_slab[60:160, 60:160, :]        # 141 mm wide
     least = CascadeParams().min_lv_area_mm2
     assert whole_image_location((100, 100), (1.41, 1.41), _small_cascade(), 2, least).centre == (49.5, 49.5)
@@ -370,7 +376,7 @@ def test_a_result_smaller_than_the_smallest_lv_is_no_lv(tmp_path, positive_slab,
     """Stage 1 calls the whole 350 mm image LV (above either minimum); stage 2 then calls its whole
     160 mm crop LV, 25,600 mm² at most: kept when that reaches min_stack_lv_mm2, otherwise the result
     is empty and says no LV, as when stage 1 finds none."""
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     cascade = _sure_lv(_small_cascade(lv_threshold=1e-6, min_stack_lv_mm2=least_mm2, low_confidence=0.0))
     segmenter = Segmenter(save_cascade(tmp_path / "v2.safetensors", cascade, name="t"), device="cpu", precision="fp32")
     result = segmenter.segment(positive_slab, return_probabilities=True)
@@ -393,9 +399,9 @@ def test_a_refine_stage_round_trips_and_segments_on_the_input_grid(tmp_path, pos
     """A refine stage rides in the one v2 file with stage 2's geometry; the Segmenter runs it after
     stage 2 on every slice and still answers on the input grid; alone, or without stage 2's
     probabilities as input, it is refused."""
-    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model.checkpoint import save_checkpoint
     from ScarNetCore.cli import main as cli
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     base = _small_cascade(lv_threshold=0.3, min_stack_lv_mm2=0)
     assert base.refine is None and base.stage_names == ("locate", "segment")
     cascade = ScarNetCascade(base.locate, base.segment, params=base.params, refine=_refine_net()).eval()
@@ -424,7 +430,7 @@ def test_a_refine_stage_round_trips_and_segments_on_the_input_grid(tmp_path, pos
 def test_the_refine_stage_sees_stage_2s_result_for_its_slice_and_neighbours():
     """refine_crops: a slice's result depends on stage 2's probabilities of the slice and its two
     neighbours (not of slices further away); a neighbour stage 2 did not see counts as background."""
-    from ScarNetCore.cascade import refine_crops
+    from ScarNetCore.pipeline.predictor import refine_crops
     base = _small_cascade()
     cascade = ScarNetCascade(base.locate, base.segment, refine=_refine_net()).eval()
     stack = np.random.default_rng(0).random((5, 96, 96)).astype(np.float32)
@@ -449,10 +455,10 @@ def test_a_refine_ensemble_averages_members_that_see_all_of_stage_2s_probabiliti
     """Refine members take the whole input (slices and stage 2's probabilities, laid out per slice),
     so an ensemble of them must agree on the slices they see; training/export.py builds one from
     several --refine checkpoints, and the Segmenter runs it."""
-    from ScarNetCore.cascade import SegmentEnsemble
-    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model.cascade import SegmentEnsemble
+    from ScarNetCore.model.checkpoint import save_checkpoint
     from ScarNetCore.cli import main as cli
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     from training.export import main as export_main
 
     first, second = _refine_net().eval(), _refine_net().eval()
@@ -497,7 +503,7 @@ def test_a_refine_ensemble_averages_members_that_see_all_of_stage_2s_probabiliti
 def test_channels_last_on_cpu_gives_the_labels_of_the_plain_layout(positive_slab):
     """The Segmenter runs its networks on channels-last tensors on CPU (faster convolutions): the
     bundled model's result is that of the plain layout, up to float rounding."""
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     segmenter = Segmenter(device="cpu", precision="fp32")
     assert segmenter.model.refine.down[0].body[0].weight.is_contiguous(memory_format=torch.channels_last)
     fast = segmenter.segment(positive_slab, return_probabilities=True)

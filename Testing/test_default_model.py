@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ScarNetCore.checkpoint import read_metadata
-from ScarNetCore.io import sha256_of
+from ScarNetCore.model.checkpoint import read_metadata
+from ScarNetCore.io.files import sha256_of
 from ScarNetCore.labels import myocardium_mask, scar_mask
-from ScarNetCore.preprocessing import PreprocessConfig
+from ScarNetCore.pipeline.preprocessing import PreprocessConfig
 from ScarNetCore.resources import default_model_path, default_model_sha256, sample_volume_path, v1_model_path
 
 from conftest import NEGATIVE_IMAGE, POSITIVE_IMAGE, VOLUMES, needs_data
@@ -48,7 +48,7 @@ def test_bundled_model_metadata():
 
 def test_v1_model_still_loads_and_segments(positive_slab):
     """A v1 file given with --model keeps working (one checkpoint format, two architectures)."""
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     meta = read_metadata(v1_model_path())
     assert meta["architecture"] == "ScarNet" and meta["config"]["encoder"] == "litemedsam"
     assert PreprocessConfig.from_dict(meta["preprocessing"]) == PreprocessConfig()
@@ -64,7 +64,7 @@ def test_sample_volume_is_bundled_with_attribution():
 
 @pytest.fixture(scope="module")
 def default_segmenter():
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     return Segmenter(None, device="cpu")
 
 
@@ -106,7 +106,7 @@ def test_demo_runs_from_the_bundled_files(tmp_path):
 @needs_data
 def test_bf16_stays_within_the_documented_tolerance_of_fp32():
     """autocast_dtype's documented tolerance: ≥ 99.9 % of all voxels equal to the fp32 labels."""
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     image = sitk.ReadImage(str(POSITIVE_IMAGE))[:, :, 2:5]
     fp32 = sitk.GetArrayFromImage(Segmenter(None, "cpu", "fp32").segment(image).labels)

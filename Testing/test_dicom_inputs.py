@@ -19,11 +19,13 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from ScarNetCore import outputs
+from ScarNetCore.io import outputs
 from ScarNetCore.cli import main
 from ScarNetCore.errors import InputError
-from ScarNetCore.io import dicom_series_files, image_from_affine, read_image
-from ScarNetCore.outputs import EARLIER, LOCK, STAGING, read_csv
+from ScarNetCore.io.reading import dicom_series_files, image_from_affine, read_image
+from ScarNetCore.io.outputs import EARLIER, LOCK, STAGING
+from ScarNetCore.io.files import read_csv
+from ScarNetCore.pipeline.stack import Stack
 
 from dicom_series import COLUMN, ROW, write_series
 
@@ -111,7 +113,7 @@ def _sources(tmp_path, **kwargs) -> tuple[sitk.Image, list[Path]]:
     ((), "other_grid", "highdicom cannot make it"),      # labels that do not match the source images
 ])
 def test_every_reason_a_seg_cannot_be_made_is_said(tmp_path, drop, edit, phrase):
-    from ScarNetCore.dicom_seg import DicomSegSkipped, write_dicom_seg
+    from ScarNetCore.io.dicom_seg import DicomSegSkipped, write_dicom_seg
     labels, files = _sources(tmp_path, drop=drop)
     if edit == "other_grid":
         labels = sitk.Image(17, 19, 3, sitk.sitkUInt8)
@@ -124,7 +126,7 @@ def test_our_own_mistakes_fail_rather_than_skip_the_seg(tmp_path, monkeypatch):
     """Labels with fewer slices than the source series they were read from, or a bug inside the SEG
     writer (here: highdicom raising TypeError), are errors, not a series that cannot carry a SEG."""
     import highdicom as hd
-    from ScarNetCore.dicom_seg import DicomSegSkipped, write_dicom_seg
+    from ScarNetCore.io.dicom_seg import DicomSegSkipped, write_dicom_seg
     labels, files = _sources(tmp_path)
     with pytest.raises(RuntimeError, match="internal error: 3 source images for 2 label slices"):
         write_dicom_seg(labels[:, :, :2], files, tmp_path / "x_seg.dcm")
@@ -147,7 +149,7 @@ def _write(out: Path, overwrite: bool = False, overlay: bool = True, scar: int =
     labels.SetSpacing((1.4, 1.5, 8.0))
     record = outputs.run_record([], {}, outputs.now())
     return outputs.write_study(out, "lge", quantify(labels), record, labels=labels,
-                               overlay_image=labels if overlay else None, overwrite=overwrite, **kwargs)
+                               overlay=Stack.from_image(labels) if overlay else None, overwrite=overwrite, **kwargs)
 
 
 def _fail_on_move(monkeypatch, number: int):
@@ -164,7 +166,7 @@ def _fail_on_move(monkeypatch, number: int):
 
 
 def _broken_overlay(monkeypatch):
-    import ScarNetCore.overlay as overlay
+    import ScarNetCore.io.overlay as overlay
 
     def broken(*args, **kwargs):
         raise RuntimeError("the overlay could not be drawn")
@@ -491,7 +493,7 @@ def test_a_series_without_preamble_gets_every_check(tmp_path):
     """Files without the 128-byte preamble (GDCM reads them; pydicom only with force=True) are checked
     like any others: a missing slice is still refused; a complete series is read and gets a SEG."""
     from pydicom.errors import InvalidDicomError
-    from ScarNetCore.dicom_seg import write_dicom_seg
+    from ScarNetCore.io.dicom_seg import write_dicom_seg
     [first, *_] = write_series(tmp_path / "gap", pixels(8, slices=4), positions=[0.0, 8.0, 24.0, 32.0], preamble=False)
     with pytest.raises(InvalidDicomError):
         pydicom.dcmread(first)

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from ScarNetCore.cli import segment_one
 from ScarNetCore.errors import Cancelled
-from ScarNetCore.io import atomic_path, write_image_atomic
+from ScarNetCore.io.files import atomic_path, write_image_atomic
 
 
 def cancel_after_first_batch():

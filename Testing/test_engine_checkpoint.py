@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ScarNetCore.checkpoint import METADATA_KEY, load_checkpoint, read_metadata, save_checkpoint
-from ScarNetCore.io import sha256_of
+from ScarNetCore.model.checkpoint import METADATA_KEY, load_checkpoint, read_metadata, save_checkpoint
+from ScarNetCore.io.files import sha256_of
 from ScarNetCore.errors import CheckpointError
-from ScarNetCore.inference import Segmenter
-from ScarNetCore.preprocessing import PreprocessConfig
+from ScarNetCore.pipeline.segmenter import Segmenter
+from ScarNetCore.pipeline.preprocessing import PreprocessConfig
 
 
 def rewrite(src, dst, edit_state=None, edit_meta=None):

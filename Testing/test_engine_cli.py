@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ScarNetCore.cli import main
-from ScarNetCore.outputs import LOCK
+from ScarNetCore.io.outputs import LOCK
 
 COMMON = ["--device", "cpu", "--precision", "fp32"]
 CSV_COLUMNS = {"myocardium_ml", "scar_ml", "mvo_ml", "scar_percent_lv"}

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 
 from conftest import SLICE_IMAGES
 
-from ScarNetCore.io import read_image
+from ScarNetCore.io.reading import read_image
 
 
 def assert_same_grid(labels: sitk.Image, image: sitk.Image):
@@ -97,7 +97,7 @@ def test_a_single_slice_stored_as_3d_is_one_slice_everywhere(segmenter):
     """A 1×64×64 (z, y, x) image whose slice spacing (1.0 mm) is the smallest: inference and
     quantification (and the overlay, by the same rule) take it as one slice, not 64 along the rows."""
     from ScarNetCore.quantify import quantify
-    from ScarNetCore.volume import cut_axis, slice_axis
+    from ScarNetCore.pipeline.stack import cut_axis
     yy, xx = np.mgrid[:64, :64]
     labels = np.zeros((1, 64, 64), np.uint8)
     radius = np.hypot(yy - 32, xx - 32)
@@ -108,7 +108,7 @@ def test_a_single_slice_stored_as_3d_is_one_slice_everywhere(segmenter):
     image.SetSpacing((1.5, 1.5, 1.0))
     label_image = sitk.GetImageFromArray(labels)
     label_image.CopyInformation(image)
-    assert cut_axis(image) == slice_axis(image) == 0
+    assert cut_axis(image) == 0
     result = quantify(label_image, image)
     assert len(result.per_slice) == 1
     assert segmenter.segment(image).labels.GetSize() == (64, 64, 1)

@@ -9,8 +9,8 @@ import SimpleITK as sitk
 import torch
 
 from ScarNetCore.labels import BACKGROUND, BLOOD_POOL, MVO, MYOCARDIUM, SCAR
-from ScarNetCore.postprocess import clean_labels
-from ScarNetCore.preprocessing import GridMapping, PreprocessConfig, normalize_intensity, prepare_slices
+from ScarNetCore.pipeline.postprocess import clean_labels
+from ScarNetCore.pipeline.preprocessing import GridMapping, PreprocessConfig, normalize_intensity, prepare_slices
 
 CONFIG = PreprocessConfig()
 

@@ -24,7 +24,7 @@ TOLERANCE = 0.03
 
 @pytest.fixture(scope="module")
 def segmenter():
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     return Segmenter(None, device="cpu", precision="fp32")
 
 

@@ -22,9 +22,10 @@ import SimpleITK as sitk
 
 from ScarNetCore import __version__
 from ScarNetCore.cli import main
-from ScarNetCore.io import sha256_of
+from ScarNetCore.io.files import sha256_of
 from ScarNetCore.labels import TERMINOLOGY
-from ScarNetCore.outputs import LOCK, SUFFIXES, read_csv
+from ScarNetCore.io.outputs import LOCK, SUFFIXES
+from ScarNetCore.io.files import read_csv
 
 COMMON = ["--device", "cpu", "--precision", "fp32"]
 
@@ -189,7 +190,7 @@ def test_a_failed_write_leaves_no_partial_study_and_links_are_not_followed(tmp_p
     rerun then succeeds. A link planted in the output folder is replaced, never written through."""
     import errno
 
-    from ScarNetCore import outputs
+    from ScarNetCore.io import outputs
     source = tmp_path / "lge.nii.gz"
     sitk.WriteImage(positive_slab, str(source))
     out = tmp_path / "out"
@@ -281,7 +282,7 @@ def test_read_only_and_full_folders_are_real_errors(tmp_path, model_path, positi
 def test_cohort_rows_of_two_writers_are_merged_and_the_guard_is_rechecked(tmp_path):
     """Deterministic half of the two-process test: two tables on one folder add rows in turn and both
     survive; a study written between a caller's early check and its write is not overwritten."""
-    from ScarNetCore import outputs
+    from ScarNetCore.io import outputs
     from ScarNetCore.errors import ScarNetError
     from ScarNetCore.quantify import quantify
 

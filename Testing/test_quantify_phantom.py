@@ -11,7 +11,7 @@ from ScarNetCore.quantify.aha import sector_segments
 from ScarNetCore.quantify.geometry import StackGeometry
 from ScarNetCore.quantify.phantoms import ring_phantom, rotation
 from ScarNetCore.quantify.transmurality import chords
-from ScarNetCore.volume import split_slices
+from ScarNetCore.pipeline.stack import split_slices
 
 R_IN, R_OUT, THICK = 20.0, 30.0, 8.0
 

@@ -9,8 +9,8 @@ from matplotlib import image as mpimg
 
 from ScarNetCore.errors import InputError
 from ScarNetCore.cli import build_parser
-from ScarNetCore.io import sha256_of
-from ScarNetCore.outputs import write_reports
+from ScarNetCore.io.files import sha256_of
+from ScarNetCore.io.outputs import write_reports
 from ScarNetCore.quantify import quantify
 from ScarNetCore.quantify.phantoms import ring_phantom
 

@@ -36,14 +36,12 @@ import vtk  # noqa: E402
 
 from ScarNetCore.cli import main as scarnet  # noqa: E402
 from ScarNetCore.errors import CheckpointError, InputError, ScarNetError  # noqa: E402
-from ScarNetCore.io import sha256_of  # noqa: E402
+from ScarNetCore.io.files import sha256_of  # noqa: E402
 from ScarNetCore.resources import default_model_path, sample_volume_path  # noqa: E402
 from ScarNetLib import ScarNetLogic, ScarNetSettings, SubprocessRunner, ThreadRunner  # noqa: E402
-from ScarNetLib.Conversion import (ScarNetSceneError, _arrayToMatrix, addVolumeNodeFromSitk,  # noqa: E402
-                                   ijkToRasArray, sitkImageFromVolumeNode)
+from ScarNetLib.Conversion import (ScarNetSceneError, _arrayToMatrix, addVolumeNodeFromSitk, # noqa: E402 ijkToRasArray, sitkImageFromVolumeNode)
 from ScarNetLib.Parameter import modelPathOrNone  # noqa: E402
-from ScarNetLib.Segments import (SEGMENT_DEFINITIONS, TERMINOLOGY_CONTEXT, labelArrayFromSegmentation,  # noqa: E402
-                                 terminologyFilePath, vtkTag)
+from ScarNetLib.Segments import (SEGMENT_DEFINITIONS, TERMINOLOGY_CONTEXT, labelArrayFromSegmentation, # noqa: E402 terminologyFilePath, vtkTag)
 
 OBLIQUE = sitk.VersorTransform((0.3, 0.5, 0.8), 0.6).GetMatrix()
 SEGMENT_NAMES = ["LV blood pool", "Healthy myocardium", "Scar", "MVO"]
@@ -538,7 +536,7 @@ def directLabels(modelSettings):
     Its own Segmenter instance, configured as the logic's runners configure theirs (same model
     file, device, automatic precision). Results are memoised per (voxels, geometry, batch size).
     """
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     segmenter = Segmenter(modelPathOrNone(modelSettings()), device="cpu")
     memo = {}
 
@@ -950,7 +948,7 @@ def test_pins_are_read_in_the_installed_extension_layout(tmp_path):
 
 
 def test_checkpoint_encoders_read_without_torch_match_the_engine():
-    from ScarNetCore.checkpoint import read_metadata
+    from ScarNetCore.model.checkpoint import read_metadata
     from ScarNetCore.model import ScarNetConfig
     from ScarNetCore.resources import v1_model_path
     for path in (default_model_path(), v1_model_path()):

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ScarNetCore.cascade import LOCATE_GEOMETRY, SEGMENT_GEOMETRY, CascadeParams, ScarNetCascade
-from ScarNetCore.checkpoint import load_checkpoint, save_cascade, save_checkpoint
+from ScarNetCore.model.cascade import LOCATE_GEOMETRY, SEGMENT_GEOMETRY, CascadeParams, ScarNetCascade
+from ScarNetCore.model.checkpoint import load_checkpoint, save_cascade, save_checkpoint
 from ScarNetCore.model import ScarNet, ScarNetConfig
 from training.cascade_data import CaseSlices, collate_stacks, segment_view, stack_view
 from training.data import SliceSample
@@ -98,7 +98,7 @@ def test_inference_gives_a_stack_refine_stage_the_whole_stack(tmp_path, positive
     """Whatever the batch size, the refine stage sees every slice of the stack at once (its answer
     does not depend on how the slices are batched), and the file round-trips; a stage 2 that mixes
     the stack is refused (it runs on batches)."""
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     volume = positive_image[:, :, 1:7]
     path = save_cascade(tmp_path / "stack.safetensors", _cascade(_stir(_refine(True))), name="t")
     loaded, _ = load_checkpoint(path)

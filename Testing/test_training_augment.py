@@ -118,7 +118,7 @@ def test_intensity_augmentation_treats_neighbouring_slices_as_one_acquisition():
 def test_segment_views_carry_the_neighbouring_slices_through_the_same_crop():
     """Validation views of a 2.5-D stage: channel k is the plain crop of slice i − 1 + k (clamped at
     the ends), the middle one the slice itself; training views have one mask for the three slices."""
-    from ScarNetCore.cascade import SEGMENT_GEOMETRY
+    from ScarNetCore.model.cascade import SEGMENT_GEOMETRY
     from training.cascade_data import StageViews
     from training.data import SliceSample
     rng = np.random.default_rng(0)
@@ -143,7 +143,7 @@ def test_segment_views_carry_the_neighbouring_slices_through_the_same_crop():
 def test_locate_views_mostly_frame_the_heart_near_the_middle():
     """Stage-1 views: in most the LV lies near the middle of the field of view, as a scanner frames
     it; in some it is anywhere, partly or wholly outside (p_heart_anywhere)."""
-    from ScarNetCore.cascade import LOCATE_GEOMETRY
+    from ScarNetCore.model.cascade import LOCATE_GEOMETRY
     from training.cascade_data import StageViews, ViewConfig
     from training.data import SliceSample
     rng = np.random.default_rng(1)
@@ -168,7 +168,7 @@ def test_locate_views_include_heart_crops_and_small_non_cardiac_images():
     LV (most of it) in a field of view of at most user_crop_mm, black around it; a non-heart placed as a
     small image (p_negative_window) is black outside a centred window and has an empty target; the
     structured non-hearts (fractal textures, shape scenes) have regions and edges, not pixel noise."""
-    from ScarNetCore.cascade import LOCATE_GEOMETRY
+    from ScarNetCore.model.cascade import LOCATE_GEOMETRY
     from training.cascade_data import StageViews, ViewConfig, fractal_noise, shape_scene, synthetic_negative
     from training.data import SliceSample
     rng = np.random.default_rng(1)
@@ -210,7 +210,7 @@ def test_refine_views_carry_stage_2s_probabilities_through_the_same_maps():
     """Refine-stage views: after the slices come stage 2's probabilities (classes 1..4) of each slice,
     resampled through that slice's crop; given one-hot reference masks, they match the view's mask
     wherever the view is inside the image (bilinear against nearest: all but border pixels)."""
-    from ScarNetCore.cascade import SEGMENT_GEOMETRY
+    from ScarNetCore.model.cascade import SEGMENT_GEOMETRY
     from training.cascade_data import StageViews
     from training.data import SliceSample
     rng = np.random.default_rng(0)

@@ -209,7 +209,7 @@ def _read_csv(path):
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory):
     """A randomly initialised ScarNet in the one checkpoint format: checks the pipeline, not accuracy."""
-    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model.checkpoint import save_checkpoint
     from ScarNetCore.model import ScarNet, ScarNetConfig
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "random.safetensors"

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from ScarNetCore.checkpoint import load_checkpoint
+from ScarNetCore.model.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.train import STATE_FILE, run
 
@@ -261,8 +261,8 @@ def test_a_refine_stage_learns_from_stage_2s_saved_probabilities(workspace):
     stage trains on them (data.prior_dir), starting as the stage-2 network it is initialised from:
     the weights for the new probability inputs start at zero, so with lr 0 it answers as that network
     whatever probabilities it is given."""
-    from ScarNetCore.cascade import SEGMENT_GEOMETRY
-    from ScarNetCore.checkpoint import save_checkpoint
+    from ScarNetCore.model.cascade import SEGMENT_GEOMETRY
+    from ScarNetCore.model.checkpoint import save_checkpoint
     from ScarNetCore.model import ScarNet, ScarNetConfig
     from ScarNetCore.resources import default_model_path
     from training.evaluate import main as evaluate

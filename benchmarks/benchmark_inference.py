@@ -60,7 +60,7 @@ def sample_study(slices: int) -> sitk.Image:
 def worker(args) -> None:
     import torch
 
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
 
     image = sitk.ReadImage(args.study)
     segmenter = Segmenter(args.model, device=args.device, precision=args.precision)
@@ -76,7 +76,7 @@ def worker(args) -> None:
     tracemalloc.stop()
     np.save(args.labels_out, sitk.GetArrayFromImage(result.labels))
     print(json.dumps({
-        "precision": args.precision, "autocast": str(segmenter.dtype).replace("torch.", ""), "seconds": seconds,
+        "precision": args.precision, "autocast": segmenter.precision, "seconds": seconds,
         "spread": max(times) - min(times),
         "slices_per_s": image.GetSize()[2] / seconds, "threads": torch.get_num_threads(),
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux

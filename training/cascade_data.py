@@ -32,7 +32,11 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from ScarNetCore.cascade import LOCATE, REFINE, SEGMENT, StageGeometry, neighbour_indices, normalize_in_window
+from ScarNetCore.model.cascade import LOCATE, REFINE, SEGMENT
+
+from ScarNetCore.pipeline.preprocessing import PreprocessConfig, normalize_in_window
+
+from ScarNetCore.pipeline.stack import neighbour_indices
 from ScarNetCore.settings import settings_from_dict
 from .augment import AugmentConfig, augment_intensity, grid_sample_grid
 

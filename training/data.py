@@ -15,8 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ScarNetCore.preprocessing import GridMapping, PreprocessConfig, normalize_intensity
-from ScarNetCore.volume import slice_axis, split_slices
+from ScarNetCore.pipeline.preprocessing import GridMapping, PreprocessConfig, normalize_intensity
+from ScarNetCore.pipeline.stack import Stack
 
 SLICE_NAME = re.compile(r"^(?P<case>.+?)_slice(?P<index>\d+)\.png$", re.IGNORECASE)
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -98,9 +98,9 @@ def read_volume_folder(root: str | Path, config: PreprocessConfig = PreprocessCo
         image, mask = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(mask_path))
         if image.GetSize() != mask.GetSize():
             raise ValueError(f"{case}: image {image.GetSize()} and mask {mask.GetSize()} differ in size")
-        axis = slice_axis(image)
-        img_slices, spacing = split_slices(sitk.GetArrayFromImage(image).astype(np.float32), image, axis)
-        msk_slices, _ = split_slices(remap_labels(np.rint(sitk.GetArrayFromImage(mask)), label_map), image, axis)
+        stack = Stack.from_image(image)
+        img_slices, spacing = stack.slices, stack.spacing
+        msk_slices = remap_labels(np.rint(stack.split(mask)), label_map)
         for index, (img, msk) in enumerate(zip(img_slices, msk_slices)):
             g_img, g_msk = _to_grid(img, msk, spacing, config)
             samples.append(SliceSample(case, index, g_img, g_msk))

@@ -1,6 +1,6 @@
 """Evaluate a ScarNet checkpoint on labelled cases: `scarnet-evaluate --model CKPT --data ROOT --out DIR`.
 
-Every case goes through `ScarNetCore.inference.Segmenter` (the preprocessing and post-processing
+Every case goes through `ScarNetCore.pipeline.segmenter.Segmenter` (the preprocessing and post-processing
 a user gets), and is scored in 3-D against its reference labels on the clinical structures
 myocardium (2∪3∪4), scar (3∪4) and MVO (4).
 
@@ -55,9 +55,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ScarNetCore.errors import ScarNetError
-from ScarNetCore.io import atomic_path, write_json_atomic
+from ScarNetCore.io.files import atomic_path, write_json_atomic
 from ScarNetCore.labels import MVO, SCAR, myocardium_mask, scar_mask
-from ScarNetCore.volume import cut_axis, split_slices
+from ScarNetCore.pipeline.stack import cut_axis, split_slices
 from training.data import SLICE_NAME, remap_labels, volume_stem
 from training.metrics import STRUCTURES, dice
 LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")
@@ -318,7 +318,7 @@ def _parse_list(text: str | None, convert=str) -> list:
 
 
 def evaluate(args: argparse.Namespace, log=print) -> dict:
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     from training import plots, robustness
 
     root, out = Path(args.data), Path(args.out)
@@ -334,7 +334,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
 
     segmenter = Segmenter(args.model, args.device, args.precision)
     if layout == "slices":
-        in_plane = segmenter.preprocessing.png_nominal_spacing_mm
+        in_plane = segmenter.metadata.preprocessing.png_nominal_spacing_mm
         if args.slice_thickness_mm <= in_plane:
             # the Segmenter cuts along the axis of largest spacing; it must be the stacking axis
             raise ValueError(f"--slice-thickness-mm must exceed the in-plane {in_plane} mm")
@@ -376,7 +376,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     summary.update({"model": str(args.model), "model_info": segmenter.model_info, "data": str(root),
                     "layout": layout, "case_ids": [r["case"] for r in rows]})
     if layout == "slices":
-        summary["nominal_spacing_mm"] = {"in_plane": segmenter.preprocessing.png_nominal_spacing_mm,
+        summary["nominal_spacing_mm"] = {"in_plane": segmenter.metadata.preprocessing.png_nominal_spacing_mm,
                                          "slice_thickness": args.slice_thickness_mm}
     plots.correlation_plot([r["pred_scar_percent"] for r in rows], [r["ref_scar_percent"] for r in rows],
                            out / "scar_percent_correlation.png")

@@ -5,8 +5,8 @@
 
 Model v2 (cascade): SOURCE is the segment stage, --locate the locate stage (its checkpoint, or a v2
 file whose locate stage and cascade settings are reused); both go into one file with each stage's geometry and the cascade
-settings (--cascade KEY=VALUE, ScarNetCore.cascade.CascadeParams). Several SOURCEs make an ensemble
-stage 2 whose probabilities are averaged (ScarNetCore.cascade.SegmentEnsemble); they must share the
+settings (--cascade KEY=VALUE, ScarNetCore.model.cascade.CascadeParams). Several SOURCEs make an ensemble
+stage 2 whose probabilities are averaged (ScarNetCore.model.cascade.SegmentEnsemble); they must share the
 crop geometry. Metadata other than the metrics comes from the first SOURCE, except the training
 cases: an ensemble records the union of its members' cases (a refit member's train holds validation).
 --refine adds the optional refine stage (a `data.stage: refine` checkpoint, or several: an ensemble; their cases
@@ -24,10 +24,12 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.cascade import LOCATE, CascadeParams, ScarNetCascade, SegmentEnsemble, StageGeometry
-from ScarNetCore.checkpoint import load_checkpoint, save_cascade, save_checkpoint
-from ScarNetCore.io import atomic_path, sha256_of
-from ScarNetCore.preprocessing import PreprocessConfig
+from ScarNetCore.model.cascade import LOCATE, CascadeParams, ScarNetCascade, SegmentEnsemble
+
+from ScarNetCore.pipeline.preprocessing import PreprocessConfig
+from ScarNetCore.model.checkpoint import load_checkpoint, save_cascade, save_checkpoint
+from ScarNetCore.io.files import atomic_path, sha256_of
+from ScarNetCore.pipeline.preprocessing import PreprocessConfig
 
 
 def export(sources: list[Path], target: Path, name: str, version: str, licence: str, metrics: dict | None,

@@ -22,8 +22,8 @@ from scipy import ndimage
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.cascade import locate_lv
-from ScarNetCore.checkpoint import load_checkpoint
+from ScarNetCore.pipeline.predictor import locate_lv
+from ScarNetCore.model.checkpoint import load_checkpoint
 from training.evaluate import DEFAULT_THICKNESS_MM, read_slice_cases, select_cases, slice_case_ids
 
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ScarNetCore.io import atomic_path
+from ScarNetCore.io.files import atomic_path
 
 
 def agreement(pred, ref) -> dict:

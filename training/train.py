@@ -28,12 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.checkpoint import load_checkpoint, save_checkpoint
-from ScarNetCore.inference import autocast_dtype
-from ScarNetCore.io import atomic_path
+from ScarNetCore.model.checkpoint import load_checkpoint, save_checkpoint
+from ScarNetCore.pipeline.device import autocast_dtype
+from ScarNetCore.io.files import atomic_path
 from ScarNetCore.model import ScarNet, ScarNetConfig
-from ScarNetCore.preprocessing import PreprocessConfig
-from ScarNetCore.cascade import LOCATE, LOCATE_GEOMETRY, REFINE, SEGMENT, SEGMENT_GEOMETRY
+from ScarNetCore.pipeline.preprocessing import PreprocessConfig
+from ScarNetCore.model.cascade import LOCATE, LOCATE_GEOMETRY, REFINE, SEGMENT, SEGMENT_GEOMETRY
 from training.augment import AugmentConfig, augment
 from training.cascade_data import StageViews, ViewConfig, collate_stacks, lv_crops, read_priors
 from training.config import TrainConfig

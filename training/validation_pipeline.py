@@ -22,8 +22,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.cascade import ScarNetCascade, SegmentEnsemble
-from ScarNetCore.checkpoint import load_checkpoint, save_cascade, save_checkpoint
+from ScarNetCore.model.cascade import ScarNetCascade, SegmentEnsemble
+from ScarNetCore.model.checkpoint import load_checkpoint, save_cascade, save_checkpoint
 from ScarNetCore.resources import default_model_path
 
 NOTE = "validation pipeline: the bundled file's stage 1 and settings, stage-2 members trained on the training cases only"

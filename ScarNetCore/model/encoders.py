@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import CheckpointError
-from ..io import sha256_of
+from ..io.files import sha256_of
 
 
 class ImageEncoder(nn.Module):

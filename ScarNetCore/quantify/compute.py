@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..labels import myocardium_mask
-from ..volume import join_slices, split_slices
+from ..pipeline.stack import join_slices, split_slices
 from . import aha
 from .classical import classical_methods
 from .geometry import StackGeometry

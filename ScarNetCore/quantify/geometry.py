@@ -1,6 +1,6 @@
 """Where voxels are in the patient: slice axis, physical in-plane coordinates, voxel volume.
 
-Arrays are handled in "stack" layout [slice, a, b]: the layout of ScarNetCore.volume.split_slices,
+Arrays are handled in "stack" layout [slice, a, b]: the layout of ScarNetCore.pipeline.stack.split_slices,
 which the segmentation also uses, so quantify's slice t is the segmentation's slice t. `slice` is the
 acquisition (through-plane) axis and (a, b) the rows and columns, so per-slice loops and long-axis
 logic never depend on how the file happened to order its axes.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..volume import slice_index_axis
+from ..pipeline.stack import slice_index_axis
 
 # LPS unit vectors of the directions that matter anatomically.
 PATIENT_RIGHT = np.array([-1.0, 0.0, 0.0])

@@ -28,9 +28,7 @@ from . import Dependencies, Parameter
 from .Conversion import ScarNetSceneError, rasToLps, sitkImageFromVolumeNode, volumeNodeGeometryMatches
 from .Parameter import ScarNetSettings
 from .Runner import CANCELLED, FAILED, InProcessRunner, RunState, ThreadRunner
-from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, QC_FLAGS_ATTRIBUTE,
-                       RUN_RECORD_ATTRIBUTE, SEGMENT_DEFINITIONS,
-                       labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
+from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, QC_FLAGS_ATTRIBUTE, RUN_RECORD_ATTRIBUTE, SEGMENT_DEFINITIONS, labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
 from .Signal import Signal
 
 # Output states (see outputState)
@@ -67,7 +65,7 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self, segmenterFactory=None, runnerFactory: Optional[Callable[[], object]] = None):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.segmenterFactory = segmenterFactory  # None -> ScarNetCore.inference.Segmenter
+        self.segmenterFactory = segmenterFactory  # None -> ScarNetCore.pipeline.segmenter.Segmenter
         self.runnerFactory = runnerFactory or (lambda: ThreadRunner(self.segmenterFactory))
         self.progressInfo = Signal("done:int, total:int")
         self.inferenceFinished = Signal("segmentationNode")
@@ -125,7 +123,7 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
         modelPath = Parameter.modelPathOrNone(settings)
         Dependencies.require(Dependencies.SEGMENT, modelPath)
         overwrite = settings.overwriteEdited if overwrite is None else bool(overwrite)
-        from ScarNetCore.io import check_not_label_map, label_map_message, validate_image
+        from ScarNetCore.io.validation import check_not_label_map, label_map_message, validate_image
         hint = "select the greyscale LGE volume"
         if inputVolumeNode is not None and inputVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
             # the same words as the command line's check, which looks at the voxel values
@@ -184,7 +182,7 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
         ``Segmenter.segment(image).labels`` or a known label volume. It becomes the four ScarNet
         segments (names, colours, terminology) on the input's grid, tagged as ScarNet's work
         (content fingerprint, input volume, `modelInfo`, `qcFlags`, and `runRecord`, the engine's run record
-        (ScarNetCore.outputs.run_record) completed with the files the input volume was loaded from). Refuses (ScarNetSceneError) an edited or
+        (ScarNetCore.io.outputs.run_record) completed with the files the input volume was loaded from). Refuses (ScarNetSceneError) an edited or
         foreign output unless overwrite=True, and (InputError) labels off the grid or outside 0..4;
         on any error the scene is left as it was.
         """
@@ -239,7 +237,7 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def qcWarnings(segmentationNode) -> list[str]:
         """The run's quality-control flags as sentences for the user (empty when all is well)."""
-        from ScarNetCore.inference import QC_MESSAGES
+        from ScarNetCore.pipeline.segmenter import QC_MESSAGES
         flags = [f for f in (segmentationNode.GetAttribute(QC_FLAGS_ATTRIBUTE) or "").split(";") if f]
         return [QC_MESSAGES.get(flag, flag) for flag in flags]
 
@@ -375,7 +373,7 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
         to replace a study's files unless overwrite=True.
         """
         Dependencies.require(Dependencies.EXPORT)
-        from ScarNetCore import outputs
+        from ScarNetCore.io import outputs
         name = name or inputVolumeNode.GetName()
         outputs.refuse_overwrite(outputDirectory, name, overwrite)
         labels, result = self._quantification(segmentationNode, inputVolumeNode, densityGPerMl, insertionPointNode)
@@ -407,7 +405,7 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
         """The runner's record (it saw only voxels) with the input volume's files and checksums."""
         if not runRecord:
             return ""
-        from ScarNetCore import outputs
+        from ScarNetCore.io import outputs
         record = dict(runRecord, inputs=outputs.file_entries(self.inputFiles(inputVolumeNode)),
                       input_volume=inputVolumeNode.GetName())
         return json.dumps(record, default=str)

@@ -44,7 +44,7 @@ class RunState:
     modelInfo: dict = dataclasses.field(default_factory=dict)
     device: str = ""
     qcFlags: list = dataclasses.field(default_factory=list)   # Segmenter QC flags, e.g. no_lv_found
-    runRecord: dict = dataclasses.field(default_factory=dict)  # ScarNetCore.outputs.run_record of the run
+    runRecord: dict = dataclasses.field(default_factory=dict)  # ScarNetCore.io.outputs.run_record of the run
     errorType: str = ""
     message: str = ""
 
@@ -66,7 +66,7 @@ class RunState:
 
 
 def defaultSegmenterFactory(modelPath: Optional[str], device: str):
-    from ScarNetCore.inference import Segmenter
+    from ScarNetCore.pipeline.segmenter import Segmenter
     return Segmenter(model_path=modelPath, device=device)
 
 
@@ -109,7 +109,7 @@ class InProcessRunner:
 
     def _run(self, image, modelPath, device, batchSize) -> RunState:
         try:
-            from ScarNetCore import outputs
+            from ScarNetCore.io import outputs
             started = outputs.now()
             segmenter = cachedSegmenter(modelPath, device, self.segmenterFactory)
             result = segmenter.segment(image, progress=self._progress, cancel=self._cancel.is_set,

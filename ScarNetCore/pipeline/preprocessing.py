@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .settings import settings_from_dict
+from ..settings import settings_from_dict
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,14 @@ def normalize_intensity(slice2d: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndar
     if hi <= lo:
         return np.zeros_like(x)
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def normalize_in_window(image: np.ndarray, valid: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
+    """Percentile normalisation over the pixels that lie in the image (padding excluded); 0 outside."""
+    out = np.zeros(image.shape, np.float32)
+    if valid.any():
+        out[valid] = normalize_intensity(image[valid], percentiles)
+    return out
 
 
 @dataclass(frozen=True)

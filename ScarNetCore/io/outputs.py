@@ -21,7 +21,6 @@ import csv
 import datetime
 import functools
 import json
-import math
 import os
 import shutil
 import sys
@@ -31,12 +30,13 @@ from pathlib import Path
 import SimpleITK as sitk
 from filelock import FileLock, Timeout
 
-from . import __version__
-from .errors import InputError, OutputError, ScarNetError
-from .io import atomic_path, sha256_of, write_image_atomic, write_json_atomic
-from .quantify.bullseye import bullseye_figure
-from .quantify.classical import METHOD_NAMES
-from .quantify.result import QuantResult
+from .. import __version__
+from ..errors import InputError, OutputError, ScarNetError
+from ..quantify.bullseye import bullseye_figure
+from ..quantify.classical import METHOD_NAMES
+from ..pipeline.stack import Stack
+from ..quantify.result import QuantResult
+from .files import atomic_path, read_csv, sha256_of, write_csv, write_image_atomic, write_json_atomic
 
 # Output kind -> file name after the study's name. The label volume and summary keep their first
 # names (_seg.nii.gz, _scar.csv): users' scripts read them.
@@ -78,7 +78,7 @@ def refuse_overwrite(out_dir: str | os.PathLike, name: str, overwrite: bool) -> 
 
 # ---------------------------------------------------------------------------------- writing
 def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, record: dict,
-                labels: sitk.Image | None = None, qc_flags=(), overlay_image: sitk.Image | None = None,
+                labels: sitk.Image | None = None, qc_flags=(), overlay: Stack | None = None,
                 dicom_files: list[Path] | None = None, overwrite: bool = False) -> dict[str, Path]:
     """Write one study's files; returns {kind: path}. All files are written into a staging folder
     first and moved into place only when every one of them is there, the run record last: a failure
@@ -106,7 +106,7 @@ def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, reco
             keep = _inputs_among(paths, record)
             staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{name}-", dir=out_dir))
             try:
-                staged = _write_study(staging, name, report, record, labels, qc_flags, overlay_image, dicom_files)
+                staged = _write_study(staging, name, report, record, labels, qc_flags, overlay, dicom_files)
                 return _move_into_place(staged, paths, staging, keep)
             finally:
                 # what cannot be put back now stays in the staging folder, where the next run finds it
@@ -230,7 +230,7 @@ def check_writable(out_dir: str | os.PathLike) -> None:
                           "-o folder") from exc
 
 
-def _write_study(folder, name, report, record, labels, qc_flags, overlay_image, dicom_files) -> dict:
+def _write_study(folder, name, report, record, labels, qc_flags, overlay, dicom_files) -> dict:
     """Write the study's files into `folder` (the staging folder); returns {kind: path}, run record last."""
     paths = study_paths(folder, name)
     written = {}
@@ -247,12 +247,12 @@ def _write_study(folder, name, report, record, labels, qc_flags, overlay_image, 
             qc_flags = (*qc_flags, DICOM_SEG_SKIPPED)
     record["qc_flags"] = list(qc_flags)  # the summary's flags: one list, read back by the callers
     written.update(write_reports(report, folder, name, qc_flags))
-    if overlay_image is not None:
+    if overlay is not None:  # the image the labels were made from, as a Stack
         from .overlay import write_overlay
         g = report.global_metrics
         title = f"{name}: scar {g['scar_ml']:.1f} mL" + (
             f" ({g['scar_percent_lv']:.1f} % of LV myocardium)" if g.get("scar_percent_lv") is not None else "")
-        written["overlay"] = write_overlay(overlay_image, labels, paths["overlay"], title)
+        written["overlay"] = write_overlay(overlay, overlay.split(labels), paths["overlay"], title)
     record.update(finished=record.get("finished") or now(), outputs=sorted(p.name for p in written.values()))
     written["run"] = write_json_atomic(record, paths["run"])
     return written
@@ -294,34 +294,6 @@ def bullseye_notes(result: QuantResult) -> list[str]:
     return ["RV insertion point given by the user"]
 
 
-def write_csv(rows: list[dict], path: str | os.PathLike, columns: list[str] | None = None) -> Path:
-    """The one CSV writer: UTF-8, a header row, columns in first-seen order unless given."""
-    if columns is None:
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({key: _cell(row.get(key)) for key in columns})
-    return Path(path)
-
-
-def read_csv(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "" if math.isnan(value) else format(value, ".10g")
-    return str(value)
-
-
 # ------------------------------------------------------------------------------ run record
 def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -343,7 +315,7 @@ def run_record(inputs, options: dict, started: str, segmenter=None, result=None,
         record.update(model={"name": info.get("name"), "version": info.get("version"),
                              "architecture": info.get("architecture"), "path": str(segmenter.model_path),
                              "sha256": _weights_sha256(str(segmenter.model_path), os.stat(segmenter.model_path).st_mtime_ns)},
-                      device=str(segmenter.device), precision=precision_name(segmenter.dtype))
+                      device=str(segmenter.device), precision=segmenter.precision)
     if result is not None:
         record.update(qc_flags=list(result.qc_flags), confidence=result.confidence)
     return record
@@ -356,11 +328,6 @@ def file_entries(files) -> list[dict]:
 @functools.lru_cache(maxsize=4)
 def _weights_sha256(path: str, mtime_ns: int) -> str:
     return sha256_of(path)  # once per weights file (and modification) in a cohort, not once per study
-
-
-def precision_name(dtype) -> str:
-    """Segmenter.dtype (None = fp32, else a torch dtype) as the --precision word."""
-    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), "fp32")
 
 
 def completed_summary(out_dir: str | os.PathLike, name: str, kinds) -> dict | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .labels import BACKGROUND, BLOOD_POOL, MVO, SCAR, myocardium_mask
+from ..labels import BACKGROUND, BLOOD_POOL, MVO, SCAR, myocardium_mask
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -1,82 +1,18 @@
-"""Reading images safely (file integrity: integrity.py) and writing outputs atomically."""
+"""Reading images: NIfTI, NRRD, MHA, PNG and DICOM series folders (file integrity: integrity.py)."""
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
-import json
-import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .integrity import check_file_complete, nonfinite_message
+from ..errors import InputError
+from .integrity import check_file_complete
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # image files read_image takes; input_stem strips them to name the outputs
 READABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
-
-    An interrupted or failed write leaves neither a half file nor a damaged earlier result.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # keep the full suffix (e.g. .nii.gz) so writers pick the right format from the name
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # mkstemp makes the file private (0600); results get the usual permissions of a new file
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def json_safe(value):
-    """Strict JSON for other tools: NaN (e.g. scar Dice of a case without infarct) becomes null,
-    ±inf (e.g. HD95 with an empty prediction) the strings "inf"/"-inf"; keys become strings."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json_atomic(data, path: str | os.PathLike) -> Path:
-    """Strict JSON (json_safe; other objects, e.g. paths, as their text), written atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
-    return Path(path)
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-    return Path(path)
 
 
 def input_stem(path: str | os.PathLike) -> str:
@@ -375,55 +311,6 @@ def _looks_like_dicom(path: Path) -> bool:
         return True
     with open(path, "rb") as handle:
         return handle.read(132)[128:] == b"DICM"  # the DICOM Part 10 preamble
-
-
-# ------------------------------------------------------------------------ is it an LGE image?
-def validate_image(image: sitk.Image, name: str = "input") -> None:
-    """Reject what the slice-wise model cannot segment, saying what to do instead."""
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB/vector); "
-                         "give a single-channel greyscale LGE image")
-    if image.GetDimension() not in (2, 3):
-        raise InputError(f"{name}: is {image.GetDimension()}-D; give one 3-D LGE stack "
-                         "(split a 4-D/multi-phase series and choose one phase)")
-    array = sitk.GetArrayViewFromImage(image)
-    if array.size == 0:
-        raise InputError(f"{name}: is empty (size {image.GetSize()})")
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputError(f"{name}: voxel type {image.GetPixelIDTypeAsString()} is not numeric")
-    if np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all():
-            first = np.unravel_index(int(np.argmin(finite)), array.shape)[::-1]  # ITK index order (x, y, z)
-            raise InputError(nonfinite_message(name, int((~finite).sum()), first))
-    if float(array.max()) == float(array.min()):
-        raise InputError(f"{name}: is constant (every voxel = {float(array.min()):g}); it holds no image")
-
-
-LABEL_MAP_MAX_VALUES = 8  # a label map has a handful of integer values; an LGE image has hundreds
-
-
-def label_map_message(name: str, evidence: str, hint: str) -> str:
-    return f"{name}: looks like a label map (a segmentation), not an LGE image: {evidence}; {hint}"
-
-
-def check_not_label_map(image: sitk.Image, name: str = "input",
-                        hint: str = "give the greyscale LGE image, or pass --force to segment it anyway") -> None:
-    """Refuse a segmentation given as the image (an easy mix-up whose "result" would be nonsense).
-
-    Two to LABEL_MAP_MAX_VALUES distinct integer values count as a label map; one value is left to
-    validate_image (constant image), vector images too.
-    """
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        return
-    array = sitk.GetArrayViewFromImage(image)
-    if array.size == 0 or len(np.unique(array.ravel()[::101])) > LABEL_MAP_MAX_VALUES:
-        return  # a sample already has too many values: the common case costs one pass over 1 % of voxels
-    values = np.unique(array)
-    if 2 <= len(values) <= LABEL_MAP_MAX_VALUES and np.all(values == np.round(values)):
-        shown = ", ".join(f"{v:g}" for v in values.astype(float))
-        raise InputError(label_map_message(name, f"{image.GetPixelIDTypeAsString()} voxels with only "
-                                           f"{len(values)} values ({shown})", hint))
 
 
 def _itk_reason(exc: BaseException) -> str:

@@ -7,29 +7,23 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .io import atomic_path
-from .labels import CLASS_NAMES
-from .preprocessing import normalize_intensity
-from .volume import slice_axis, split_slices
+from ..labels import CLASS_NAMES
+from ..pipeline.preprocessing import normalize_intensity
+from ..pipeline.stack import Stack
+from .files import atomic_path
 
 # blood pool, healthy myocardium, scar, MVO (background transparent)
 COLOURS = {1: (0.85, 0.25, 0.25), 2: (0.35, 0.55, 0.95), 3: (1.0, 0.85, 0.1), 4: (0.6, 0.1, 0.6)}
 
 
-def write_overlay(image: sitk.Image, labels: sitk.Image, path: str | Path, title: str = "") -> Path:
+def write_overlay(stack: Stack, labels: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Each slice of `stack` with its `labels` ([N, h, w], the stack's layout) drawn over it, in a grid."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    img = sitk.GetArrayFromImage(image).astype(np.float32)
-    lab = sitk.GetArrayFromImage(labels)
-    if img.ndim == 2:
-        img, lab, spacing = img[None], lab[None], image.GetSpacing()[::-1]
-    else:
-        axis = slice_axis(image)
-        img, spacing = split_slices(img, image, axis)
-        lab, _ = split_slices(lab, image, axis)
+    img, lab, spacing = stack.slices, labels, stack.spacing
     n = len(img)
     cols = min(n, 5)
     rows = math.ceil(n / cols)

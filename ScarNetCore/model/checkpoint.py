@@ -14,25 +14,26 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .errors import CheckpointError
-from .io import atomic_path, json_safe, sha256_of
-from .cascade import LOCATE, REFINE, SEGMENT, CascadeParams, ScarNetCascade, SegmentEnsemble, StageGeometry
-from .labels import CLASS_NAMES
-from .model import ScarNet, ScarNetConfig
-from .model.encoders import load_state_strict
-from .preprocessing import PreprocessConfig
+from .. import __version__
+from ..errors import CheckpointError
+from ..io.files import atomic_path, json_safe, sha256_of
+from ..labels import CLASS_NAMES
+from ..pipeline.preprocessing import PreprocessConfig
+from .cascade import LOCATE, REFINE, SEGMENT, ScarNetCascade, SegmentEnsemble
+from .encoders import load_state_strict
+from .metadata import CASCADE, SINGLE, ModelMetadata, StageSpec, geometry_to_dict
+from .scarnet import ScarNet
 
 FORMAT = "scarnet-checkpoint/1"
 METADATA_KEY = "scarnet"
-CASCADE = "ScarNetCascade"   # v2: every stage in one file, tensors prefixed "locate.", "segment." (and "refine.")
-                             # (an ensemble stage 2: "segment.members.<i>.", one config per member)
+# v2 tensors are prefixed with their stage, "locate.", "segment." (and "refine."); an ensemble
+# stage's with "segment.members.<i>." (metadata.py reads the header)
 
 
 def save_checkpoint(path: str | Path, model: ScarNet, preprocessing: PreprocessConfig = PreprocessConfig(),
                     dtype: torch.dtype | None = None, **metadata) -> Path:
     """Write model weights (optionally cast, e.g. fp16 for shipping) and metadata, atomically."""
-    return _write(path, _tensors(model, dtype), {"architecture": "ScarNet", "config": model.config.to_dict(),
+    return _write(path, _tensors(model, dtype), {"architecture": SINGLE, "config": model.config.to_dict(),
                                                  "preprocessing": preprocessing.to_dict(), **metadata})
 
 
@@ -40,9 +41,10 @@ def save_cascade(path: str | Path, cascade: ScarNetCascade, dtype: torch.dtype |
     """One file for model v2: every stage's network and geometry, the cascade settings."""
     names = cascade.stage_names
     state = {f"{name}.{k}": v for name in names for k, v in _tensors(getattr(cascade, name), dtype).items()}
-    stages = {name: {**_configs(getattr(cascade, name)), "geometry": cascade.geometry[name].to_dict()} for name in names}
+    stages = {name: {**_configs(getattr(cascade, name)), "geometry": geometry_to_dict(cascade.geometry[name])}
+              for name in names}
     return _write(path, state, {"architecture": CASCADE, "stages": stages, "cascade": cascade.params.to_dict(),
-                                "preprocessing": cascade.geometry[SEGMENT].preprocess().to_dict(), **metadata})
+                                "preprocessing": cascade.geometry[SEGMENT].to_dict(), **metadata})
 
 
 def _configs(net: ScarNet | SegmentEnsemble) -> dict:
@@ -65,7 +67,8 @@ def _write(path: str | Path, state: dict, metadata: dict) -> Path:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """Metadata only (the header), without reading the weights."""
+    """The header's metadata as written (provenance: training data, configs, metrics), without reading
+    the weights; ModelMetadata.from_header reads what the engine needs from it."""
     path = Path(path)
     _check_file(path)
     try:
@@ -88,10 +91,10 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    expected_sha256: str | None = None) -> tuple[ScarNet | ScarNetCascade, dict]:
+                    expected_sha256: str | None = None) -> tuple[ScarNet | ScarNetCascade, ModelMetadata]:
     """Rebuild the network (v1 ScarNet or v2 cascade) from the metadata and load its weights (float32, eval)."""
     path = Path(path)
-    meta = read_metadata(path)
+    header = read_metadata(path)
     if expected_sha256 is not None:
         actual = sha256_of(path)
         if actual != expected_sha256.lower():
@@ -102,6 +105,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged or truncated checkpoint ({str(exc)[:160]})") from exc
     try:
+        meta = ModelMetadata.from_header(header)
         model = _build(meta)  # every weight comes from the checkpoint
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: metadata does not describe a buildable ScarNet ({exc})") from exc
@@ -110,29 +114,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval(), meta
 
 
-def _build(meta: dict) -> ScarNet | ScarNetCascade:
-    architecture = meta.get("architecture", "ScarNet")
-    if architecture == "ScarNet":
-        return ScarNet(ScarNetConfig.from_dict(meta["config"]), pretrained_encoder=False)
-    if architecture != CASCADE:
-        raise ValueError(f"unknown architecture {architecture!r} (this ScarNet knows ScarNet and {CASCADE}; "
-                         "a newer ScarNet may be needed)")
-    stages = meta["stages"]
-    unknown = set(stages) - {LOCATE, SEGMENT, REFINE}
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; a newer ScarNet may be needed")
-    nets = {name: _stage_net(stage) for name, stage in stages.items()}
-    geometry = {name: StageGeometry.from_dict(stage["geometry"]) for name, stage in stages.items()}
-    if geometry.get(REFINE, geometry[SEGMENT]) != geometry[SEGMENT]:
-        raise ValueError("the refine stage must see stage 2's crop (the same geometry)")
-    return ScarNetCascade(nets[LOCATE], nets[SEGMENT], geometry[LOCATE], geometry[SEGMENT],
-                          CascadeParams.from_dict(meta.get("cascade")), nets.get(REFINE))
+def _build(meta: ModelMetadata) -> ScarNet | ScarNetCascade:
+    if not meta.is_cascade:
+        return ScarNet(meta.config, pretrained_encoder=False)
+    nets = {name: _stage_net(stage) for name, stage in meta.stages.items()}
+    return ScarNetCascade(nets[LOCATE], nets[SEGMENT], meta.stages[LOCATE].geometry, meta.stages[SEGMENT].geometry,
+                          meta.cascade, nets.get(REFINE))
 
 
-def _stage_net(stage: dict) -> ScarNet | SegmentEnsemble:
-    if "members" in stage:
-        return SegmentEnsemble([ScarNet(ScarNetConfig.from_dict(c), pretrained_encoder=False) for c in stage["members"]])
-    return ScarNet(ScarNetConfig.from_dict(stage["config"]), pretrained_encoder=False)
+def _stage_net(stage: StageSpec) -> ScarNet | SegmentEnsemble:
+    nets = [ScarNet(config, pretrained_encoder=False) for config in stage.configs]
+    return SegmentEnsemble(nets) if stage.ensemble else nets[0]
 
 
 def _check_file(path: Path) -> None:

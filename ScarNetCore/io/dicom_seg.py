@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .errors import ScarNetError
-from .io import affine_of_image, atomic_path, frame_count
-from .labels import LEFT_VENTRICLE, TERMINOLOGY
+from .. import __version__
+from ..errors import ScarNetError
+from ..labels import LEFT_VENTRICLE, TERMINOLOGY
+from .files import atomic_path
+from .reading import affine_of_image, frame_count
 
 SERIES_NUMBER = 300  # the series number dcmqi (Slicer's DICOM SEG writer) gives segmentations
 # attributes highdicom copies from the source into the SEG, and what a user would call each
