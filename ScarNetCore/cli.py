@@ -2,7 +2,7 @@
 
 Errors the user can fix are one line (`--verbose` adds the traceback). `segment` reports a bad
 input, records it in the cohort table and goes on with the next; the exit status is 1 if any
-input failed. Every file is named and written by outputs.py.
+input failed. Every file is named and written by io/outputs.py.
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
                 force: bool = False, dicom_seg: bool = False, series: str | None = None) -> dict:
     """Segment one input and write its study files; returns {kind: path} and its metrics, warnings, qc_flags."""
     from .io import outputs
-    from .io.validation import check_not_label_map
     from .io.reading import input_files, input_stem, read_image
+    from .io.validation import check_not_label_map
     from .quantify import quantify
 
     name = input_stem(path)
@@ -103,8 +103,8 @@ def cmd_segment(args) -> int:
     from tqdm import tqdm
 
     from .io import outputs
-    from .pipeline.segmenter import Segmenter
     from .io.reading import input_stem
+    from .pipeline.segmenter import Segmenter
 
     inputs, part = list(args.inputs), None
     if (args.part is None) != (args.parts is None) or (args.parts is not None and not 0 <= args.part < args.parts):
@@ -229,8 +229,8 @@ def _fresh_folder(base: Path) -> Path:
 
 
 def cmd_info(args) -> int:
-    from .model.checkpoint import load_checkpoint
     from .model import ScarNet, ScarNetConfig
+    from .model.checkpoint import load_checkpoint
     from .resources import default_model_path
 
     if args.encoder:

@@ -48,10 +48,10 @@ def main(argv=None) -> int:
     try:
         import SimpleITK as sitk
 
-        from .io import outputs
         from .errors import Cancelled
-        from .pipeline.segmenter import Segmenter
+        from .io import outputs
         from .io.reading import read_image
+        from .pipeline.segmenter import Segmenter
 
         started = outputs.now()
         segmenter = Segmenter(model_path=args.model, device=args.device)
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
             return 0
         sitk.WriteImage(result.labels, args.output)
         # the worker sees a temporary copy of the voxels: the caller adds the input's own files
-        record = outputs.run_record([], {"batch_size": args.batch_size}, started, segmenter, result)
-        record["finished"] = outputs.now()
+        record = outputs.run_record([], {"batch_size": args.batch_size}, started, segmenter, result,
+                                    finished=outputs.now())
         n = slice_count(image)
         write_status(status, state="finished", done=n, total=n,
                      model_info={k: str(v) for k, v in segmenter.model_info.items()},

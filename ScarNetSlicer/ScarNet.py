@@ -35,9 +35,11 @@ import qt  # noqa: E402
 import vtk  # noqa: E402
 
 import slicer  # noqa: E402
-from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, # noqa: E402 vtkMRMLTableNode)
+from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,  # noqa: E402
+                    vtkMRMLTableNode)
 from slicer.parameterNodeWrapper import parameterNodeWrapper  # noqa: E402
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest, # noqa: E402 ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,  # noqa: E402
+                                           ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin  # noqa: E402
 
 from ScarNetLib import Dependencies, ScarNetLogic, ScarNetSettings, SubprocessRunner  # noqa: E402

@@ -1,7 +1,13 @@
 """Shared fixtures for the engine tests.
 
-Inference costs about a second per slice on a laptop CPU (the TinyViT encoder), so the expensive
-objects are session-scoped and tests segment two-slice extracts of the real EMIDEC volumes.
+Engine, CLI and output tests run a tiny seeded encoder-free v2 cascade (the shipped path: stage 1
+finds the LV, stage 2 segments the crop around it) on two-slice extracts of the real EMIDEC volumes.
+Its settings let random networks find an LV on any image, so every run gives labels to check.
+v1 (one network on the whole slice, here with the LiteMedSAM encoder) has its own fixture,
+v1_model_and_path, for the checkpoint tests of its file layout.
+
+Tests that check the trained model's quality are marked slow: `python -m pytest Testing -q` runs
+them, `-m "not slow"` leaves them out.
 """
 from __future__ import annotations
 
@@ -34,27 +40,62 @@ def _read(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
-@pytest.fixture(scope="session")
-def model_and_path(tmp_path_factory):
-    """A real ScarNet (pretrained LiteMedSAM encoder, seeded random U-Net) and its checkpoint file.
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: checks the trained model's quality on real data (minutes on a CPU); "
+                                       "deselect with -m \"not slow\"")
 
-    The trained model is not bundled yet; geometry, CLI, cancel and file-handling behaviour do not
-    depend on the weights being trained. Do not train or modify the returned model.
-    """
+
+# Settings under which random networks find an LV on any image: stage 1 calls every pixel LV (so the
+# LV is the whole image, centred), no size minimum, no confidence minimum. Stage 2 then labels its crop.
+TINY_CASCADE_PARAMS = dict(lv_threshold=1e-6, min_lv_area_mm2=0.0, min_stack_lv_mm2=0.0, low_confidence=0.0)
+
+
+def tiny_cascade(seed: int = 0, **params):
+    """A small seeded encoder-free v2 cascade (locate 224 px at 2 mm, segment 128 px at 1.25 mm) with
+    TINY_CASCADE_PARAMS, overridden by `params`; eval mode."""
     import torch
 
-    from ScarNetCore.model.checkpoint import save_checkpoint
     from ScarNetCore.model import ScarNet, ScarNetConfig
+    from ScarNetCore.model.cascade import LOCATE_GEOMETRY, SEGMENT_GEOMETRY, CascadeParams, ScarNetCascade
 
-    torch.manual_seed(0)
-    model = ScarNet(ScarNetConfig()).eval()
-    path = save_checkpoint(tmp_path_factory.mktemp("model") / "model.safetensors", model, name="test-random")
+    torch.manual_seed(seed)
+    locate = ScarNet(ScarNetConfig(encoder="none", base_channels=4, num_classes=2, grid_size=LOCATE_GEOMETRY.grid_size))
+    segment = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size))
+    return ScarNetCascade(locate, segment, params=CascadeParams(**{**TINY_CASCADE_PARAMS, **params})).eval()
+
+
+@pytest.fixture(scope="session")
+def model_and_path(tmp_path_factory):
+    """The tiny seeded cascade (tiny_cascade()) and its v2 checkpoint file, named test-random.
+
+    Geometry, CLI, cancel and file-handling behaviour do not depend on the weights being trained.
+    Do not train or modify the returned model.
+    """
+    from ScarNetCore.model.checkpoint import save_cascade
+
+    model = tiny_cascade()
+    path = save_cascade(tmp_path_factory.mktemp("model") / "model.safetensors", model, name="test-random")
     return model, path
 
 
 @pytest.fixture(scope="session")
 def model_path(model_and_path) -> Path:
     return model_and_path[1]
+
+
+@pytest.fixture(scope="session")
+def v1_model_and_path(tmp_path_factory):
+    """A v1 ScarNet (pretrained LiteMedSAM encoder, seeded random U-Net) and its checkpoint file: the
+    v1 file layout (one network's config and preprocessing, encoder weights in the file)."""
+    import torch
+
+    from ScarNetCore.model import ScarNet, ScarNetConfig
+    from ScarNetCore.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = ScarNet(ScarNetConfig()).eval()
+    path = save_checkpoint(tmp_path_factory.mktemp("v1_model") / "model.safetensors", model, name="test-random-v1")
+    return model, path
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +155,7 @@ def inference_model_path(request) -> Path:
     """The model file for tests that run real inference through an application layer (Slicer logic).
 
     The bundled trained model when it is present (ScarNetCore.resources.default_model_path()), else
-    the session's random checkpoint (model_path, created only when needed). Such tests check how
+    the session's tiny random cascade (model_path, created only when needed). Such tests check how
     results travel (geometry, voxel-exact transfer, progress, cancel), which needs a real model but
     not a trained one; tests that need trained weights use the bundled model and skip without it.
     """

@@ -3,6 +3,7 @@
 Integrity, metadata, the demo, accuracy on the two real volumes, field-of-view robustness and
 inputs that are not hearts. The accuracy floors are regression guards set below what the shipped
 model measured (see Resources/MODEL_CARD.md); they fail if the weights or the pipeline degrade.
+Tests of the trained model's quality are marked slow (conftest.py): `-m "not slow"` leaves them out.
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ def _dice(a, b):
     return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
+@pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize("image_path, myo_floor", [(POSITIVE_IMAGE, 0.70), (NEGATIVE_IMAGE, 0.75)])
 def test_accuracy_on_real_volumes(default_segmenter, image_path, myo_floor):
@@ -103,6 +105,7 @@ def test_demo_runs_from_the_bundled_files(tmp_path):
     assert "scar" in run.stdout and str(out) in run.stdout
 
 
+@pytest.mark.slow
 @needs_data
 def test_bf16_stays_within_the_documented_tolerance_of_fp32():
     """autocast_dtype's documented tolerance: ≥ 99.9 % of all voxels equal to the fp32 labels."""

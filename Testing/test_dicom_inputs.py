@@ -2,7 +2,7 @@
 
 Series are written here with pydicom (single-frame MR, oblique), converted to one multi-frame image
 with highdicom, compressed with pydicom's encoders, or taken from pydicom's own test files. Each case
-gives a result on the right grid or one line saying what to do. The seeded random network (conftest
+gives a result on the right grid or one line saying what to do. The tiny seeded cascade (conftest
 model_path) segments them: these tests check geometry and files, not what the labels are.
 """
 from __future__ import annotations

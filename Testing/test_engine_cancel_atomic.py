@@ -9,16 +9,18 @@ from ScarNetCore.errors import Cancelled
 from ScarNetCore.io.files import atomic_path, write_image_atomic
 
 
-def cancel_after_first_batch():
-    polls = iter([False])  # the first poll (before batch 1) lets it run; every later poll cancels
-    return lambda: next(polls, True)
+def cancel_after_first_batch(progress: list):
+    """A cancel callback that says yes once `progress` (the (done, total) calls) shows a slice done: the
+    model polls it before each step (finding the LV, each re-centring pass, each batch), so the polls
+    before the first batch let it run and the one before the second cancels."""
+    return lambda: any(done > 0 for done, _ in progress)
 
 
 def test_cancel_after_first_batch_raises(segmenter, positive_slab):
     progress = []
     with pytest.raises(Cancelled):
         segmenter.segment(positive_slab, progress=lambda done, total: progress.append((done, total)),
-                          cancel=cancel_after_first_batch(), batch_size=1)
+                          cancel=cancel_after_first_batch(progress), batch_size=1)
     assert progress == [(0, 2), (1, 2)]  # exactly one batch ran
 
 
@@ -28,8 +30,14 @@ class CancellingSegmenter:
     def __init__(self, inner):
         self.inner = inner
 
-    def segment(self, image, **kwargs):
-        return self.inner.segment(image, cancel=cancel_after_first_batch(), **kwargs)
+    def segment(self, image, progress=None, **kwargs):
+        seen = []
+
+        def report(done, total):
+            seen.append((done, total))
+            if progress:
+                progress(done, total)
+        return self.inner.segment(image, progress=report, cancel=cancel_after_first_batch(seen), **kwargs)
 
 
 def test_cancel_through_cli_writes_nothing(tmp_path, segmenter, positive_slab, write_volume):

@@ -26,19 +26,21 @@ def rewrite(src, dst, edit_state=None, edit_meta=None):
     return dst
 
 
-def test_round_trip_identical_outputs_and_metadata(tmp_path, model_and_path):
-    model, _ = model_and_path
+def test_round_trip_identical_outputs_and_metadata(tmp_path, v1_model_and_path):
+    model, _ = v1_model_and_path
     preprocessing = PreprocessConfig(target_spacing_mm=1.1, percentiles=(1.0, 99.0))
     path = save_checkpoint(tmp_path / "m.safetensors", model, preprocessing, name="rt", licence="MIT",
                            metrics={"dice": 0.5, "scar_dice": float("nan"), "hd95_mm": float("inf")})
     loaded, meta = load_checkpoint(path)
     assert not loaded.training
-    assert meta["name"] == "rt" and meta["licence"] == "MIT"
+    header = meta.header
+    assert header["name"] == "rt" and header["licence"] == "MIT"
     # strict JSON, as evaluate's summary.json: NaN is null, inf the string "inf"
-    assert meta["metrics"] == {"dice": 0.5, "scar_dice": None, "hd95_mm": "inf"}
-    assert meta["config"] == model.config.to_dict()
-    assert PreprocessConfig.from_dict(meta["preprocessing"]) == preprocessing
-    assert read_metadata(path) == meta
+    assert header["metrics"] == {"dice": 0.5, "scar_dice": None, "hd95_mm": "inf"}
+    assert header["config"] == model.config.to_dict() and meta.config == model.config
+    assert PreprocessConfig.from_dict(header["preprocessing"]) == preprocessing == meta.preprocessing
+    assert not meta.is_cascade and meta.info()["name"] == "rt"
+    assert read_metadata(path) == header
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     x = torch.rand(1, 1, 256, 256, generator=torch.Generator().manual_seed(1))
@@ -46,8 +48,8 @@ def test_round_trip_identical_outputs_and_metadata(tmp_path, model_and_path):
         assert torch.equal(model(x), loaded(x))
 
 
-def test_fp16_checkpoint_loads_as_float32(tmp_path, model_and_path):
-    model, full = model_and_path
+def test_fp16_checkpoint_loads_as_float32(tmp_path, v1_model_and_path):
+    model, full = v1_model_and_path
     path = save_checkpoint(tmp_path / "half.safetensors", model, dtype=torch.float16)
     assert path.stat().st_size < 0.6 * full.stat().st_size
     assert all(v.dtype == torch.float16 for v in load_file(str(path)).values() if v.is_floating_point())
@@ -58,29 +60,36 @@ def test_fp16_checkpoint_loads_as_float32(tmp_path, model_and_path):
             assert torch.equal(value, model.state_dict()[key].half().float()), key
 
 
-def test_wrong_architecture_names_keys(tmp_path, model_path):
+def test_wrong_architecture_names_keys(tmp_path, v1_model_and_path, model_path):
     def narrower(meta):
         meta["config"]["base_channels"] = 8
-    path = rewrite(model_path, tmp_path / "narrow.safetensors", edit_meta=narrower)
+    path = rewrite(v1_model_and_path[1], tmp_path / "narrow.safetensors", edit_meta=narrower)
     with pytest.raises(CheckpointError, match=r"wrong shape: down\.0\.body\.0\.weight"):
         load_checkpoint(path)
 
-    path = rewrite(model_path, tmp_path / "missing.safetensors", edit_state=lambda s: s.pop("head.weight"))
+    def narrower_stage_2(meta):   # a v2 file: each stage's network has its own config
+        meta["stages"]["segment"]["config"]["base_channels"] = 8
+    path = rewrite(model_path, tmp_path / "narrow_v2.safetensors", edit_meta=narrower_stage_2)
+    with pytest.raises(CheckpointError, match=r"wrong shape: segment\.down\.0\.body\.0\.weight"):
+        load_checkpoint(path)
+
+    v1_model_path = v1_model_and_path[1]
+    path = rewrite(v1_model_path, tmp_path / "missing.safetensors", edit_state=lambda s: s.pop("head.weight"))
     with pytest.raises(CheckpointError, match=r"1 missing key\(s\): head\.weight") as info:
         load_checkpoint(path)
     assert str(path) in str(info.value)
 
-    path = rewrite(model_path, tmp_path / "extra.safetensors",
+    path = rewrite(v1_model_path, tmp_path / "extra.safetensors",
                    edit_state=lambda s: s.__setitem__("head2.weight", torch.zeros(1)))
     with pytest.raises(CheckpointError, match=r"unexpected key\(s\): head2\.weight"):
         load_checkpoint(path)
 
 
-def test_unbuildable_or_foreign_metadata(tmp_path, model_path):
+def test_unbuildable_or_foreign_metadata(tmp_path, v1_model_and_path, model_path):
     def bad_encoder(meta):
         meta["config"]["encoder"] = "no-such-encoder"
     with pytest.raises(CheckpointError, match="buildable ScarNet"):
-        load_checkpoint(rewrite(model_path, tmp_path / "enc.safetensors", edit_meta=bad_encoder))
+        load_checkpoint(rewrite(v1_model_and_path[1], tmp_path / "enc.safetensors", edit_meta=bad_encoder))
     with pytest.raises(CheckpointError, match="unsupported checkpoint format"):
         load_checkpoint(rewrite(model_path, tmp_path / "fmt.safetensors", edit_meta=lambda m: m.update(format="x/9")))
 

@@ -224,16 +224,35 @@ def test_model_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert "not found" in _assert_model_rejected(capsys, missing, tmp_path / "a.nii.gz", tmp_path / "o3")
 
 
+def _gflops(text: str) -> list[float]:
+    return [float(part.split(" GFLOP")[0]) for part in text.split("FLOPs per slice: ")[1:]]
+
+
 def test_info_prints_parameters_and_flops(capsys, model_and_path):
+    """A v2 file: each stage with its grid, field of view, parameters and FLOPs; a v1 file (the bundled
+    v1, LiteMedSAM's TinyViT encoder): its one network's."""
     from ScarNetCore.cli import main
     from ScarNetCore.model import count_parameters
+    from ScarNetCore.resources import v1_model_path
 
-    model, path = model_and_path
+    cascade, path = model_and_path
     assert main(["info", "--model", str(path)]) == 0
     out = capsys.readouterr().out
-    counts = count_parameters(model)
-    assert f"{counts['total']:,} total" in out and f"{counts['encoder']:,} encoder" in out
-    gflop = float(out.split("FLOPs per slice: ")[1].split(" GFLOP")[0])
+    assert "model v2 cascade" in out and "name: test-random" in out
+    assert "locate: 224×224 at 2 mm/pixel (448 mm field of view)" in out
+    assert "segment: 128×128 at 1.25 mm/pixel (160 mm field of view)" in out
+    for stage in (cascade.locate, cascade.segment):
+        counts = count_parameters(stage)
+        assert f"{counts['total']:,} total = 0 encoder" in out
+    locate, segment = _gflops(out)
+    assert 0 < segment < locate < 1.0   # tiny encoder-free networks; stage 1's grid is the larger
+
+    assert main(["info", "--model", str(v1_model_path())]) == 0
+    out = capsys.readouterr().out
+    from ScarNetCore.model.checkpoint import load_checkpoint
+    counts = count_parameters(load_checkpoint(v1_model_path())[0])
+    assert f"{counts['total']:,} total" in out and f"{counts['encoder']:,} encoder" in out and counts["encoder"] > 0
+    [gflop] = _gflops(out)
     assert 1.0 < gflop < 200.0  # a 256×256 TinyViT + U-Net pass: tens of GFLOPs, not zero or absurd
 
 

@@ -27,6 +27,8 @@ def test_geometry_preserved_positive(positive_slab, positive_slab_result):
     assert_same_grid(result.labels, positive_slab)
     assert result.probabilities is None  # only on request
     assert result.model_info["name"] == "test-random"
+    # labels to compare: the tests below check that other layouts of this image give the same ones
+    assert sitk.GetArrayFromImage(result.labels).any() and "no_lv_found" not in result.qc_flags
 
 
 def test_geometry_preserved_negative(segmenter, negative_slab):

@@ -8,23 +8,27 @@ from torch import nn
 from ScarNetCore.model import ScarNet, ScarNetConfig
 
 
-def test_forward_creates_no_parameters_and_is_deterministic(model_and_path):
-    model, _ = model_and_path
-    before = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-    count = sum(p.numel() for p in model.parameters())
-    x = torch.rand(1, 1, 256, 256, generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
-        first, second = model(x), model(x)
-    assert first.shape == (1, 5, 256, 256)
-    assert torch.equal(first, second)
-    assert {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()} == before
-    assert sum(p.numel() for p in model.parameters()) == count
-
-
 @pytest.fixture(scope="module")
 def fresh_model():
     torch.manual_seed(0)
     return ScarNet(ScarNetConfig(), pretrained_encoder=False)  # weights irrelevant here; skips the weight file
+
+
+@pytest.mark.parametrize("network", ["v1 with the TinyViT encoder", "v2 locate", "v2 segment"])
+def test_forward_creates_no_parameters_and_is_deterministic(network, fresh_model, model_and_path):
+    cascade, _ = model_and_path
+    model = {"v1 with the TinyViT encoder": fresh_model, "v2 locate": cascade.locate, "v2 segment": cascade.segment}[network]
+    model.eval()
+    grid = model.config.grid_size
+    before = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    count = sum(p.numel() for p in model.parameters())
+    x = torch.rand(1, 1, grid, grid, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        first, second = model(x), model(x)
+    assert first.shape == (1, model.config.num_classes, grid, grid)
+    assert torch.equal(first, second)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()} == before
+    assert sum(p.numel() for p in model.parameters()) == count
 
 
 def test_batch_size_one_training_step_frozen_encoder(fresh_model):

@@ -19,6 +19,8 @@ from ScarNetCore.labels import myocardium_mask
 
 from conftest import NEGATIVE_IMAGE, POSITIVE_IMAGE, VOLUMES, needs_data
 
+pytestmark = pytest.mark.slow   # the trained model's quality (conftest.py: -m "not slow" leaves it out)
+
 TOLERANCE = 0.03
 
 

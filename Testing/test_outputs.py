@@ -1,7 +1,7 @@
 """The output layer through `scarnet segment`: the cohort table, --resume after a kill, --part/--parts,
 the run record's checksums and the DICOM SEG round trip.
 
-The seeded random network (conftest model_path) segments two-slice extracts: these tests check how
+The tiny seeded cascade (conftest model_path) segments two-slice extracts: these tests check how
 results are recorded and written, not what the labels are.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_run_record_holds_the_checksums(cohort, model_path):
     record = json.loads((out / "pos_run.json").read_text())
     assert record["scarnet_version"] == __version__
     assert record["model"]["sha256"] == sha256_of(model_path) and record["model"]["name"] == "test-random"
-    assert record["model"]["architecture"] == "ScarNet"
+    assert record["model"]["architecture"] == "ScarNetCascade"
     assert record["inputs"] == [{"path": str(inputs[0]), "sha256": sha256_of(inputs[0])}]
     assert record["device"] == "cpu" and record["precision"] == "fp32"
     assert record["options"]["batch_size"] == 8 and record["options"]["dicom_seg"] is False

@@ -39,9 +39,11 @@ from ScarNetCore.errors import CheckpointError, InputError, ScarNetError  # noqa
 from ScarNetCore.io.files import sha256_of  # noqa: E402
 from ScarNetCore.resources import default_model_path, sample_volume_path  # noqa: E402
 from ScarNetLib import ScarNetLogic, ScarNetSettings, SubprocessRunner, ThreadRunner  # noqa: E402
-from ScarNetLib.Conversion import (ScarNetSceneError, _arrayToMatrix, addVolumeNodeFromSitk, # noqa: E402 ijkToRasArray, sitkImageFromVolumeNode)
+from ScarNetLib.Conversion import (ScarNetSceneError, _arrayToMatrix, addVolumeNodeFromSitk,  # noqa: E402
+                                   ijkToRasArray, sitkImageFromVolumeNode)
 from ScarNetLib.Parameter import modelPathOrNone  # noqa: E402
-from ScarNetLib.Segments import (SEGMENT_DEFINITIONS, TERMINOLOGY_CONTEXT, labelArrayFromSegmentation, # noqa: E402 terminologyFilePath, vtkTag)
+from ScarNetLib.Segments import (SEGMENT_DEFINITIONS, TERMINOLOGY_CONTEXT, labelArrayFromSegmentation,  # noqa: E402
+                                 terminologyFilePath, vtkTag)
 
 OBLIQUE = sitk.VersorTransform((0.3, 0.5, 0.8), 0.6).GetMatrix()
 SEGMENT_NAMES = ["LV blood pool", "Healthy myocardium", "Scar", "MVO"]
@@ -826,6 +828,12 @@ from ScarNetLib import Dependencies  # noqa: E402
 
 PROJECT = ROOT / "pyproject.toml"
 
+
+def _pinnedRequirements(project: dict) -> list:
+    """pyproject's dependencies and its `encoders` extra: the versions Slicer asks for."""
+    return project["project"]["dependencies"] + project["project"]["optional-dependencies"]["encoders"]
+
+
 # Runs one action in a fresh Python where the given top-level packages cannot be imported (as in a
 # Slicer without them): prints "ok", or the one-line error the logic raises.
 ACTION_SCRIPT = r'''
@@ -906,12 +914,12 @@ def runAction(action: str, blocked, tmp_path):
 
 
 def test_pins_have_one_source_pyproject():
-    """Every package an action or encoder needs has its version from pyproject's dependencies; torch (from
-    the PyTorch extension) from [tool.scarnet.slicer] torch-minimum."""
+    """Every package an action or encoder needs has its version from pyproject's dependencies (an encoder's
+    from its `encoders` extra); torch (from the PyTorch extension) from [tool.scarnet.slicer] torch-minimum."""
     import tomllib
     project = tomllib.loads(PROJECT.read_text())
     pinned = {Dependencies.normalise(r.split("=")[0].split(">")[0].split("<")[0].strip()): r
-              for r in project["project"]["dependencies"]}
+              for r in _pinnedRequirements(project)}
     assert Dependencies.projectFile() == PROJECT.resolve()
     requirements = Dependencies.requirements()
     used = {n for names in (*Dependencies.NEEDS.values(), *Dependencies.ENCODER_NEEDS.values()) for n in names}
@@ -971,7 +979,7 @@ def test_each_action_runs_with_only_the_packages_it_checks(action, tmp_path):
         pytest.skip("the bundled model is absent")
     import tomllib
     dependencies = {Dependencies.normalise(r.split("=")[0].split(">")[0].strip())
-                    for r in tomllib.loads(PROJECT.read_text())["project"]["dependencies"]}
+                    for r in _pinnedRequirements(tomllib.loads(PROJECT.read_text()))}
     blocked = {_importName(d) for d in dependencies - _closure(Dependencies.neededBy(action))}
     if action != "segment":
         assert {"torch", "safetensors"} <= blocked

@@ -140,7 +140,7 @@ def test_a_stack_refine_stage_trains_from_a_refine_network_and_starts_as_it(tmp_
         count = len(list((slices / "images").glob(f"{case}_slice*.png")))
         p = rng.random((count, 5, 256, 256)).astype(np.float16)
         np.save(priors / f"{case}.npy", p / p.sum(1, keepdims=True))
-    start = save_checkpoint(tmp_path / "refine.safetensors", _refine(False), SEGMENT_GEOMETRY.preprocess())
+    start = save_checkpoint(tmp_path / "refine.safetensors", _refine(False), SEGMENT_GEOMETRY)
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": cases[:1], "validation": cases[1:], "test": []}))
     config = {"output_dir": str(tmp_path / "run"),
@@ -148,9 +148,9 @@ def test_a_stack_refine_stage_trains_from_a_refine_network_and_starts_as_it(tmp_
                        "prior_dir": str(priors)},
               "model": {"encoder": "none", "base_channels": 4, "in_channels": 3, "stack_mixing": True,
                         "init_checkpoint": str(start)},
-              "optim": {"batch_size": 1, "epochs": 1, "lr": 0.0, "amp": "none", "cache_features": False, "seed": 7}}
+              "optim": {"batch_size": 1, "epochs": 1, "lr": 0.0, "amp": "fp32", "cache_features": False, "seed": 7}}
     trained, meta = load_checkpoint(run(TrainConfig.from_dict(config)))
-    assert trained.config.stack_mixing and meta["training_config"]["model"]["stack_mixing"]
+    assert trained.config.stack_mixing and meta.header["training_config"]["model"]["stack_mixing"]
     x = torch.rand(4, 15, GRID, GRID)
     with torch.no_grad():
         torch.testing.assert_close(trained(x), _refine(False)(x))

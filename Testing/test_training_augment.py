@@ -157,7 +157,7 @@ def test_locate_views_mostly_frame_the_heart_near_the_middle():
     for epoch in range(200):
         views.set_epoch(epoch)
         mask = views[epoch % 2]["mask"].numpy()
-        offset_mm = np.abs(np.array(ndimage.center_of_mass(mask)) - middle) * LOCATE_GEOMETRY.spacing_mm \
+        offset_mm = np.abs(np.array(ndimage.center_of_mass(mask)) - middle) * LOCATE_GEOMETRY.target_spacing_mm \
             if mask.any() else np.array([np.inf])
         near, far = near + bool(offset_mm.max() <= 90), far + bool(offset_mm.max() > 90)
     assert near >= 0.7 * 200 and far >= 0.05 * 200
@@ -175,7 +175,7 @@ def test_locate_views_include_heart_crops_and_small_non_cardiac_images():
     yy, xx = np.mgrid[:256, :256]
     lv = ((yy - 128) ** 2 + (xx - 128) ** 2 < 24 ** 2).astype(np.uint8)
     samples = [SliceSample("Case_X", 0, ndimage.gaussian_filter(rng.random((256, 256)), 2).astype(np.float32) + 0.1, lv)]
-    g, mm = LOCATE_GEOMETRY.grid_size, LOCATE_GEOMETRY.spacing_mm
+    g, mm = LOCATE_GEOMETRY.grid_size, LOCATE_GEOMETRY.target_spacing_mm
     crops = StageViews(samples, "locate", LOCATE_GEOMETRY, 1.25, seed=0,
                        view_cfg=ViewConfig(p_negative=0, p_heart_crop=1, user_crop_mm=(80.0, 120.0)))
     negatives = StageViews(samples, "locate", LOCATE_GEOMETRY, 1.25, seed=0,

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from training import evaluate, plots, robustness
+from training import data, evaluate, plots, robustness
 
 EMIDEC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emidec"
 SPLIT = Path(__file__).resolve().parents[1] / "training" / "configs" / "emidec_split.json"
@@ -186,19 +186,23 @@ def test_robustness_summary():
 
 @needs_data
 def test_volume_pairs_and_case_selection():
-    pairs = evaluate.volume_pairs(EMIDEC / "volumes")
-    assert sorted(pairs) == ["sampleNegative", "samplePositive"]
+    """training/data.py reads the layouts, the split and the labels for evaluation as for training."""
+    pairs = data.volume_pairs(EMIDEC / "volumes")
+    assert sorted(pairs) == ["sampleNegative", "samplePositive"] == data.case_ids(EMIDEC / "volumes", "volumes")
     assert pairs["samplePositive"][1].name == "samplePositive_label.nii.gz"
-    ids = evaluate.slice_case_ids(EMIDEC / "slices")
+    ids = data.case_ids(EMIDEC / "slices", "slices")
     assert len(ids) == 80
-    test_ids = evaluate.select_cases(ids, SPLIT, "test", None)
+    test_ids = data.select_cases(ids, SPLIT, "test", None)
     assert test_ids == sorted(json.loads(SPLIT.read_text())["test"])
-    assert evaluate.select_cases(ids, SPLIT, "test", ["Case_N016", "Case_N006"]) == ["Case_N016"]
+    assert data.select_cases(ids, SPLIT, "test", ["Case_N016", "Case_N006"]) == ["Case_N016"]
     with pytest.raises(ValueError, match="no subset"):
-        evaluate.select_cases(ids, SPLIT, "tset", None)
-    (case,) = evaluate.read_slice_cases(EMIDEC / "slices", ["Case_N016"], 1.25, 10.0)
+        data.select_cases(ids, SPLIT, "tset", None)
+    (case,) = data.read_cases(EMIDEC / "slices", "slices", ["Case_N016"], in_plane_mm=1.25, thickness_mm=10.0)
     assert case.image.GetSize() == (256, 256, 4) and case.image.GetSpacing() == (1.25, 1.25, 10.0)
     assert case.labels.shape == (4, 256, 256) and case.spacing == (10.0, 1.25, 1.25)
+    samples = data.read_dataset(EMIDEC / "slices", "slices", cases={"Case_N016"})   # the training reader
+    assert [s.index for s in samples] == list(range(4)) and {s.case for s in samples} == {"Case_N016"}
+    assert all(np.array_equal(s.mask, labels) for s, labels in zip(samples, case.labels))   # 256 px at 1.25 mm: as read
 
 
 def _read_csv(path):

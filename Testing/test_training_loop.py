@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not SLICES.is_dir(), reason=f"EMIDEC slices not 
 def tiny_config(out: Path, split: Path, **optim) -> dict:
     # augment_cached off (the default): 4 unaugmented slices, so the loss must fall every epoch
     settings = {"batch_size": 2, "epochs": EPOCHS, "lr": 0.02, "schedule": "constant", "warmup_epochs": 0,
-                "amp": "none", "cache_features": True, "cache_views": 1, "augment_cached": False, "seed": 7}
+                "amp": "fp32", "cache_features": True, "cache_views": 1, "augment_cached": False, "seed": 7}
     settings.update(optim)
     return {"output_dir": str(out),
             "data": {"root": str(SLICES), "layout": "slices", "split_file": str(split), "max_slices": 4},
@@ -88,9 +88,9 @@ def test_tiny_config_learns(reference_run):
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.97 * losses[0], losses
     model, meta = load_checkpoint(reference_run / "best.safetensors")
-    assert meta["training_config"]["optim"]["epochs"] == EPOCHS
-    assert meta["training_data"]["cases"]["train"] == ["Case_P043"]
-    assert 1 <= meta["metrics"]["validation"]["epoch"] <= EPOCHS
+    assert meta.header["training_config"]["optim"]["epochs"] == EPOCHS
+    assert meta.header["training_data"]["cases"]["train"] == ["Case_P043"]
+    assert 1 <= meta.header["metrics"]["validation"]["epoch"] <= EPOCHS
     state = torch.load(reference_run / STATE_FILE, weights_only=True)
     assert state["epoch"] == EPOCHS - 1 and len(state["history"]) == EPOCHS
 
@@ -124,8 +124,8 @@ def test_refit_trains_on_the_validation_cases_and_ships_the_last_epoch(workspace
     final = run(TrainConfig.from_dict(config))
     assert final == out / "last.safetensors" and not (out / "best.safetensors").exists()
     _, meta = load_checkpoint(final)
-    assert meta["training_data"]["cases"]["train"] == ["Case_P043", "Case_P044"]
-    assert meta["training_config"]["data"]["refit"] is True and len(read_log(out)) == 1
+    assert meta.header["training_data"]["cases"]["train"] == ["Case_P043", "Case_P044"]
+    assert meta.header["training_config"]["data"]["refit"] is True and len(read_log(out)) == 1
     config["data"]["folds"], config["data"]["split_file"] = 5, None
     with pytest.raises(ValueError, match="refit needs a split_file"):
         run(TrainConfig.from_dict(config))
@@ -141,7 +141,7 @@ def test_a_stage_trained_at_its_own_spacing_records_that_geometry(workspace):
     config["model"] = {"encoder": "none", "base_channels": 4, "spacing_mm": 2.0, "grid_size": 224}
     net, meta = load_checkpoint(run(TrainConfig.from_dict(config)))
     assert net.config.grid_size == 224 and net.config.num_classes == 2
-    assert meta["preprocessing"]["target_spacing_mm"] == 2.0 and meta["preprocessing"]["grid_size"] == 224
+    assert meta.preprocessing.target_spacing_mm == 2.0 and meta.preprocessing.grid_size == 224
     config["data"]["stage"], config["output_dir"] = "full", str(root / "full_2mm")
     with pytest.raises(ValueError, match="spacing_mm"):
         run(TrainConfig.from_dict(config))
@@ -278,12 +278,12 @@ def test_a_refine_stage_learns_from_stage_2s_saved_probabilities(workspace):
     torch.manual_seed(0)
     stage_2 = ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=SEGMENT_GEOMETRY.grid_size,
                                     in_channels=3))
-    start = save_checkpoint(root / "stage2_start.safetensors", stage_2, SEGMENT_GEOMETRY.preprocess())
+    start = save_checkpoint(root / "stage2_start.safetensors", stage_2, SEGMENT_GEOMETRY)
     config = tiny_config(root / "refine", split, epochs=1, lr=0.0, cache_features=False)
     config["data"].update(stage="refine", prior_dir=str(cache / "probabilities"))
     config["model"] = {"encoder": "none", "base_channels": 4, "in_channels": 3, "init_checkpoint": str(start)}
     refine, meta = load_checkpoint(run(TrainConfig.from_dict(config)))
-    assert refine.config.prior and refine.config.input_channels == 15 and meta["training_config"]["data"]["stage"] == "refine"
+    assert refine.config.prior and refine.config.input_channels == 15 and meta.header["training_config"]["data"]["stage"] == "refine"
     x, prior = torch.rand(2, 3, 128, 128), torch.rand(2, 12, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(refine(torch.cat([x, prior], 1)), stage_2.eval()(x))
@@ -297,3 +297,12 @@ def test_a_refine_stage_learns_from_stage_2s_saved_probabilities(workspace):
     config["data"]["prior_dir"] = None
     with pytest.raises(ValueError, match="prior_dir"):
         run(TrainConfig.from_dict(config))
+
+
+def test_amp_takes_the_engine_precision_words():
+    """optim.amp says auto, fp32, bf16 or fp16, as inference does; an old config's 'none' gets one line saying fp32."""
+    assert TrainConfig.from_dict({"optim": {"amp": "fp32"}}).optim.amp == "fp32"
+    with pytest.raises(ValueError, match="none is now written fp32"):
+        TrainConfig.from_dict({"optim": {"amp": "none"}})
+    with pytest.raises(ValueError, match="auto, fp32, bf16, fp16"):
+        TrainConfig.from_dict({"optim": {"amp": "half"}})

@@ -1,6 +1,6 @@
 """Training views for the two cascade stages, drawn on the fly from whole slices.
 
-Both stages see what inference will give them (ScarNetCore/cascade.py), resampled from the
+Both stages see what inference will give them (ScarNetCore/pipeline/predictor.py), resampled from the
 slice at its pixel spacing by one affine map per view (torch grid_sample):
 - locate: the slice as a scanner's field of view (80–450 mm, square or not, the heart anywhere in
   it, partly or not at all, or a user's crop close around it), rotated, flipped and zoomed, placed
@@ -33,9 +33,7 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from ScarNetCore.model.cascade import LOCATE, REFINE, SEGMENT
-
 from ScarNetCore.pipeline.preprocessing import PreprocessConfig, normalize_in_window
-
 from ScarNetCore.pipeline.stack import neighbour_indices
 from ScarNetCore.settings import settings_from_dict
 from .augment import AugmentConfig, augment_intensity, grid_sample_grid
@@ -180,12 +178,12 @@ def _pose(rng: np.random.Generator, cfg: ViewConfig) -> np.ndarray:
     return rot @ flip / np.exp(rng.uniform(*np.log(cfg.scale)))
 
 
-def _offsets_mm(geometry: StageGeometry) -> np.ndarray:
+def _offsets_mm(geometry: PreprocessConfig) -> np.ndarray:
     """Distance of each grid row (or column) from the grid's centre, in mm."""
-    return (np.arange(geometry.grid_size) - (geometry.grid_size - 1) / 2) * geometry.spacing_mm
+    return (np.arange(geometry.grid_size) - (geometry.grid_size - 1) / 2) * geometry.target_spacing_mm
 
 
-def _coords(geometry: StageGeometry, matrix: np.ndarray, centre_px: np.ndarray, source_spacing: float):
+def _coords(geometry: PreprocessConfig, matrix: np.ndarray, centre_px: np.ndarray, source_spacing: float):
     """Source pixel coordinates of every output pixel: output mm offsets → pose → source pixels."""
     offsets = _offsets_mm(geometry)
     yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
@@ -197,20 +195,20 @@ def _field_of_view(side_mm: float, rng, min_aspect: float) -> np.ndarray:
     return side_mm * np.array([1.0, rng.uniform(min_aspect, 1.0)])[rng.permutation(2)]
 
 
-def _window(geometry: StageGeometry, fov_mm: np.ndarray) -> np.ndarray:
+def _window(geometry: PreprocessConfig, fov_mm: np.ndarray) -> np.ndarray:
     """The grid's pixels inside a field of view centred on it, as inference places an image."""
     offsets = np.abs(_offsets_mm(geometry))
     return (offsets[:, None] <= fov_mm[0] / 2) & (offsets[None, :] <= fov_mm[1] / 2)
 
 
-def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig, aug: AugmentConfig):
+def locate_view(case: CaseSlices, index: int, geometry: PreprocessConfig, rng, cfg: ViewConfig, aug: AugmentConfig):
     g = geometry.grid_size
     if rng.random() < cfg.p_negative:
         image = synthetic_negative((g, g), rng, cfg.structured_negatives)
         # (options off by default draw no random numbers, so older recipes replay the same views)
         if cfg.p_negative_window > 0 and rng.random() < cfg.p_negative_window:
             # a non-cardiac image smaller than the grid, centred as inference places it; any aspect (pictures)
-            window = _window(geometry, _field_of_view(min(rng.uniform(*cfg.fov_mm), (g - 1) * geometry.spacing_mm),
+            window = _window(geometry, _field_of_view(min(rng.uniform(*cfg.fov_mm), (g - 1) * geometry.target_spacing_mm),
                                                       rng, 0.5))
             return augment_intensity(normalize_in_window(image, window), rng, aug) * window, np.zeros((g, g), np.uint8)
         return augment_intensity(image, rng, aug), np.zeros((g, g), np.uint8)
@@ -228,7 +226,7 @@ def locate_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg:
     centre = case.centre - matrix @ lv_offset_mm / case.spacing
     coords = _coords(geometry, matrix, centre, case.spacing)
     # the coarse grid averages several source pixels: blur first, as the antialiased resize at inference
-    sigma = 0.4 * geometry.spacing_mm / case.spacing
+    sigma = 0.4 * geometry.target_spacing_mm / case.spacing
     image, mask, inside = _sample(ndimage.gaussian_filter(case.images[index], sigma), case.masks[index], coords)
     in_fov = inside & _window(geometry, fov)
     image = normalize_in_window(image, in_fov)
@@ -260,7 +258,7 @@ def _in_crop(coords: np.ndarray, crop: tuple[np.ndarray, np.ndarray]) -> np.ndar
     return np.all(np.abs(coords - centre[:, None, None]) <= side[:, None, None] / 2, axis=0)
 
 
-def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg: ViewConfig | None,
+def segment_view(case: CaseSlices, index: int, geometry: PreprocessConfig, rng, cfg: ViewConfig | None,
                  aug: AugmentConfig | None, context: int = 0):
     """cfg None: the unaugmented crop at the case's LV centre (validation). context: neighbours on each
     side as extra channels (2.5-D). Returns the image [2·context + 1, g, g] and the mask [g, g]."""
@@ -298,7 +296,7 @@ def segment_view(case: CaseSlices, index: int, geometry: StageGeometry, rng, cfg
     return image, mask
 
 
-def stack_view(case: CaseSlices, geometry: StageGeometry, rng, cfg: ViewConfig | None, aug: AugmentConfig | None,
+def stack_view(case: CaseSlices, geometry: PreprocessConfig, rng, cfg: ViewConfig | None, aug: AugmentConfig | None,
                context: int = 0):
     """Every slice of the case, each between its neighbours (and, refine, with their stage-2
     probabilities), through one crop: images [S, channels, g, g] and masks [S, g, g] in stack order.
@@ -345,7 +343,7 @@ def collate_stacks(items: list[dict]) -> dict:
     return batch
 
 
-def lv_crops(samples, geometry: StageGeometry, source_spacing_mm: float) -> list:
+def lv_crops(samples, geometry: PreprocessConfig, source_spacing_mm: float) -> list:
     """Every slice as its unaugmented crop at the case's LV centre: what a frozen-encoder run encodes
     and caches (the cache's augmented views and on-the-fly warps then add rotation, zoom and jitter)."""
     from .data import SliceSample
@@ -361,7 +359,7 @@ class StageViews(torch.utils.data.Dataset):
     """Views of every slice for stage `locate` or `segment`; train=False gives fixed validation views.
     stacks=True: an item is a whole case (stack_view; batch them with collate_stacks)."""
 
-    def __init__(self, samples, stage: str, geometry: StageGeometry, source_spacing_mm: float, seed: int,
+    def __init__(self, samples, stage: str, geometry: PreprocessConfig, source_spacing_mm: float, seed: int,
                  view_cfg: ViewConfig = ViewConfig(), aug_cfg: AugmentConfig = AugmentConfig(), train: bool = True,
                  context: int = 0, priors: dict[str, np.ndarray] | None = None, stacks: bool = False):
         if stage not in (LOCATE, SEGMENT, REFINE):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from ScarNetCore.pipeline.device import PRECISIONS
+
 
 @dataclass
 class DataConfig:
@@ -48,13 +50,24 @@ class OptimConfig:
     schedule: str = "cosine"               # cosine | constant
     warmup_epochs: int = 1
     epochs: int = 60
-    amp: str = "auto"                      # auto (bf16 where native, fp16/bf16 on CUDA) | bf16 | fp16 (CUDA) | none
+    amp: str = "auto"                      # auto (bf16 where native, fp16/bf16 on CUDA) | fp32 | bf16 | fp16 (CUDA)
     seed: int = 2026
     workers: int = 0
     cache_features: bool = True            # frozen encoder: encode each augmented view once
     cache_views: int = 2
     augment_cached: bool = False           # augment cached views again on the fly (features follow the geometry)
     max_steps_per_epoch: int | None = None
+
+    def __post_init__(self):
+        check_precision(self.amp)
+
+
+def check_precision(amp: str) -> None:
+    """optim.amp takes the engine's precision words (ScarNetCore.pipeline.device.PRECISIONS)."""
+    if amp == "none":
+        raise ValueError("optim.amp: none is now written fp32 (the precision words are auto, fp32, bf16 and fp16)")
+    if amp not in PRECISIONS:
+        raise ValueError(f"optim.amp {amp!r}: choose {', '.join(PRECISIONS)}")
 
 
 @dataclass

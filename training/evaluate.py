@@ -4,7 +4,7 @@ Every case goes through `ScarNetCore.pipeline.segmenter.Segmenter` (the preproce
 a user gets), and is scored in 3-D against its reference labels on the clinical structures
 myocardium (2∪3∪4), scar (3∪4) and MVO (4).
 
-Layouts (`--layout auto` picks slices when images/ holds PNGs):
+Layouts (`--layout auto` picks slices when images/ holds PNGs), read by training/data.py as training reads them:
 - slices:  images/<case>_slice<NNN>.png + masks/<same name> (the EMIDEC 2D export). The slices of a
            case (grouped by <case>, ordered by NNN) are stacked into one volume. PNG stores no
            spacing, so in-plane spacing is the checkpoint's `png_nominal_spacing_mm` (as in
@@ -38,15 +38,12 @@ Noise robustness (`--noise gaussian,rician --snr 20,10,5 --repeats N`): see trai
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,13 +52,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ScarNetCore.errors import ScarNetError
-from ScarNetCore.io.files import atomic_path, write_json_atomic
+from ScarNetCore.io.files import atomic_path, write_csv, write_json_atomic
 from ScarNetCore.labels import MVO, SCAR, myocardium_mask, scar_mask
 from ScarNetCore.pipeline.stack import cut_axis, split_slices
-from training.data import SLICE_NAME, remap_labels, volume_stem
+from training.data import DEFAULT_THICKNESS_MM, LAYOUTS, Case, case_ids, detect_layout, read_cases, select_cases
 from training.metrics import STRUCTURES, dice
-LABEL_SUFFIXES = ("_label", "_mask", "_seg", "_gt")
-DEFAULT_THICKNESS_MM = 10.0
+
 # the EMIDEC challenge's structures: infarct and MVO each one label, not nested
 EMIDEC_STRUCTURES = {"myocardium": myocardium_mask, "infarct": lambda labels: labels == SCAR,
                      "mvo": lambda labels: labels == MVO}
@@ -71,119 +67,6 @@ def emidec_dice(pred: np.ndarray, ref: np.ndarray) -> float:
     """The challenge's Dice: an empty prediction on an empty reference is a perfect 1."""
     value = dice(pred, ref)
     return 1.0 if math.isnan(value) else value
-
-
-@dataclass
-class Case:
-    id: str
-    image: sitk.Image          # 3-D, what the Segmenter gets
-    labels: np.ndarray         # reference, uint8 0..4, numpy (z, y, x) order on the image grid
-    spacing: tuple             # mm, numpy axis order (z, y, x)
-
-
-# --- reading -------------------------------------------------------------------------------------
-
-def detect_layout(root: Path) -> str:
-    return "slices" if any((root / "images").glob("*.png")) else "volumes"
-
-
-def _read_png(path: Path) -> np.ndarray:
-    image = sitk.ReadImage(str(path))
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: {image.GetNumberOfComponentsPerPixel()} channels; expected a greyscale PNG")
-    return sitk.GetArrayFromImage(image)
-
-
-def slice_case_ids(root: Path) -> list[str]:
-    return sorted({m["case"] for p in (root / "images").glob("*.png") if (m := SLICE_NAME.match(p.name))})
-
-
-def read_slice_cases(root: Path, case_ids: list[str], in_plane_mm: float, thickness_mm: float,
-                     label_map: dict | None = None) -> Iterator[Case]:
-    """One case at a time: PNG slices of a case stacked along z with nominal spacing."""
-    groups: dict[str, list[tuple[int, Path]]] = {}
-    for path in (root / "images").glob("*.png"):
-        match = SLICE_NAME.match(path.name)
-        if match and match["case"] in case_ids:
-            groups.setdefault(match["case"], []).append((int(match["index"]), path))
-    for case in case_ids:
-        files = sorted(groups.get(case, []))
-        if not files:
-            raise FileNotFoundError(f"{case}: no slices {root / 'images'}/{case}_sliceNNN.png")
-        if len({i for i, _ in files}) != len(files):
-            raise ValueError(f"{case}: repeated slice numbers")
-        images, masks = [], []
-        for _, path in files:
-            mask_path = root / "masks" / path.name
-            if not mask_path.is_file():
-                raise FileNotFoundError(f"{path}: no mask {mask_path}")
-            images.append(_read_png(path).astype(np.float32))
-            masks.append(remap_labels(_read_png(mask_path), label_map))
-            if images[-1].shape != images[0].shape or masks[-1].shape != images[-1].shape:
-                raise ValueError(f"{case}: slices/masks differ in size ({path.name})")
-        image = sitk.GetImageFromArray(np.stack(images))
-        spacing_xyz = (in_plane_mm, in_plane_mm, thickness_mm)
-        image.SetSpacing(spacing_xyz)
-        yield Case(case, image, np.stack(masks), spacing_xyz[::-1])
-
-
-def volume_pairs(root: Path) -> dict[str, tuple[Path, Path]]:
-    """case id → (image path, label path), for either volume layout."""
-    pairs = {}
-    if (root / "images").is_dir():
-        for path in sorted((root / "images").iterdir()):
-            stem = volume_stem(path.name)
-            if stem is not None:
-                pairs[stem] = (path, root / "masks" / path.name)
-        return pairs
-    files = {volume_stem(p.name): p for p in sorted(root.iterdir()) if volume_stem(p.name) is not None}
-    for stem, path in files.items():
-        if stem.endswith("_image"):
-            case = stem[: -len("_image")]
-            label = next((files[case + s] for s in LABEL_SUFFIXES if case + s in files), None)
-            if label is not None:
-                pairs[case] = (path, label)
-    return pairs
-
-
-def read_volume_cases(root: Path, case_ids: list[str], label_map: dict | None = None) -> Iterator[Case]:
-    pairs = volume_pairs(root)
-    for case in case_ids:
-        image_path, label_path = pairs[case]
-        if not label_path.is_file():  # images/ + masks/ layout: the mask must have the same name
-            raise FileNotFoundError(f"{image_path}: no label file {label_path}")
-        image, label = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(label_path))
-        if image.GetSize() != label.GetSize():
-            raise ValueError(f"{case}: image {image.GetSize()} and labels {label.GetSize()} differ in size")
-        if not np.allclose(image.GetSpacing(), label.GetSpacing(), rtol=1e-3):
-            print(f"warning: {case}: label spacing {label.GetSpacing()} ≠ image spacing {image.GetSpacing()}; "
-                  "using the image's", file=sys.stderr)
-        # labels are often stored as floats (EMIDEC: float64): round, then map to 0..4
-        labels = remap_labels(np.rint(sitk.GetArrayFromImage(label)), label_map)
-        yield Case(case, image, labels, tuple(image.GetSpacing()[::-1]))
-
-
-def select_cases(available: list[str], split: Path | None, subset: str | None, cases: list[str] | None) -> list[str]:
-    chosen = list(available)
-    if split is not None:
-        groups = json.loads(Path(split).read_text(encoding="utf-8"))
-        if subset not in groups or not isinstance(groups[subset], list):
-            names = [k for k, v in groups.items() if isinstance(v, list)]
-            raise ValueError(f"{split}: no subset {subset!r}; choose one of {', '.join(names)}")
-        wanted = set(groups[subset])
-        missing = sorted(wanted - set(available))
-        if missing:
-            print(f"warning: {len(missing)} case(s) of {subset} not found in the data: {', '.join(missing[:5])}",
-                  file=sys.stderr)
-        chosen = [c for c in chosen if c in wanted]
-    if cases:
-        unknown = sorted(set(cases) - set(available))
-        if unknown:
-            raise ValueError(f"case(s) not found in the data: {', '.join(unknown)}")
-        chosen = [c for c in chosen if c in set(cases)]
-    if not chosen:
-        raise ValueError("no cases to evaluate (check --split/--subset/--cases)")
-    return chosen
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -279,14 +162,11 @@ def summarize(rows: list[dict]) -> dict:
 
 # --- output --------------------------------------------------------------------------------------
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """NaN and inf are written as `nan` and `inf` (what Python, numpy and pandas read back)."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    fmt = lambda v: f"{v:.10g}" if isinstance(v, float) and math.isfinite(v) else v
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows({k: fmt(v) for k, v in row.items()} for row in rows)
+def write_table(path: Path, rows: list[dict]) -> None:
+    """The one CSV writer (ScarNetCore.io.files.write_csv), with NaN written as `nan` rather than left
+    blank: Python's float(), numpy and pandas read these tables back, as they always have (inf is `inf`)."""
+    write_csv([{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()} for row in rows],
+              path)
 
 
 def summary_rows(summary: dict) -> list[dict]:
@@ -333,18 +213,16 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     label_map = {int(k): int(v) for k, v in json.loads(args.label_map).items()} if args.label_map else None
 
     segmenter = Segmenter(args.model, args.device, args.precision)
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout {layout!r}: choose auto, slices or volumes")
+    in_plane = None
     if layout == "slices":
         in_plane = segmenter.metadata.preprocessing.png_nominal_spacing_mm
         if args.slice_thickness_mm <= in_plane:
             # the Segmenter cuts along the axis of largest spacing; it must be the stacking axis
             raise ValueError(f"--slice-thickness-mm must exceed the in-plane {in_plane} mm")
-        ids = select_cases(slice_case_ids(root), args.split, args.subset, args.cases)
-        cases = read_slice_cases(root, ids, in_plane, args.slice_thickness_mm, label_map)
-    elif layout == "volumes":
-        ids = select_cases(sorted(volume_pairs(root)), args.split, args.subset, args.cases)
-        cases = read_volume_cases(root, ids, label_map)
-    else:
-        raise ValueError(f"--layout {layout!r}: choose auto, slices or volumes")
+    ids = select_cases(case_ids(root, layout), args.split, args.subset, args.cases)
+    cases = read_cases(root, layout, ids, label_map, in_plane, args.slice_thickness_mm)
     log(f"evaluating {args.model} on {len(ids)} case(s) from {root} ({layout})")
 
     rows, runs, clean = [], [], {}
@@ -370,7 +248,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         if noise_kinds:
             clean[case.id] = _defined_dice(row)
             runs += _noise_runs(segmenter, case, index, noise_kinds, snrs, args)
-        write_csv(out / "per_case.csv", rows)  # rewritten per case: a long run shows progress
+        write_table(out / "per_case.csv", rows)  # rewritten per case: a long run shows progress
 
     summary = summarize(rows)
     summary.update({"model": str(args.model), "model_info": segmenter.model_info, "data": str(root),
@@ -384,13 +262,13 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
                             out / "scar_percent_bland_altman.png")
     if noise_kinds:
         table = robustness.summarize_runs(runs, tuple(STRUCTURES), clean)
-        write_csv(out / "robustness_runs.csv", runs)
-        write_csv(out / "robustness.csv", table)
+        write_table(out / "robustness_runs.csv", runs)
+        write_table(out / "robustness.csv", table)
         plots.robustness_plot(table, out / "robustness.png")
         summary["robustness"] = {"snr_definition": "mean raw intensity in the reference LV (labels 1-4) / noise SD",
                                  "repeats": args.repeats, "seed": args.seed, "rows": table}
     write_json_atomic(summary, out / "summary.json")
-    write_csv(out / "summary.csv", summary_rows(summary))
+    write_table(out / "summary.csv", summary_rows(summary))
     for name, e in summary["structures"].items():
         low, high = e["dice_ci95"]
         log(f"{name}: Dice {e['dice_mean']:.3f} ± {e['dice_sd']:.3f} (n={e['dice_cases']}"

@@ -24,20 +24,26 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.model.cascade import LOCATE, CascadeParams, ScarNetCascade, SegmentEnsemble
-
-from ScarNetCore.pipeline.preprocessing import PreprocessConfig
-from ScarNetCore.model.checkpoint import load_checkpoint, save_cascade, save_checkpoint
 from ScarNetCore.io.files import atomic_path, sha256_of
+from ScarNetCore.model.cascade import LOCATE, CascadeParams, ScarNetCascade, SegmentEnsemble
+from ScarNetCore.model.checkpoint import load_checkpoint, save_cascade, save_checkpoint
+from ScarNetCore.model.metadata import ModelMetadata, geometry_from_dict, geometry_to_dict
 from ScarNetCore.pipeline.preprocessing import PreprocessConfig
+
+
+def stage_geometry(meta: ModelMetadata) -> PreprocessConfig:
+    """The cascade-stage geometry a stage checkpoint's preprocessing records: its spacing, grid and
+    percentiles (what a v2 file stores per stage)."""
+    return geometry_from_dict(geometry_to_dict(meta.preprocessing))
 
 
 def export(sources: list[Path], target: Path, name: str, version: str, licence: str, metrics: dict | None,
            locate: Path | None = None, cascade: dict | None = None, refine: list[Path] | None = None) -> str:
     loaded = [load_checkpoint(source) for source in sources]
     model, meta = loaded[0]
-    keep = {k: meta[k] for k in ("training_data", "training_config") if k in meta}
-    all_metrics = dict(meta.get("metrics", {}))
+    header = meta.header
+    keep = {k: header[k] for k in ("training_data", "training_config") if k in header}
+    all_metrics = dict(header.get("metrics", {}))
     if metrics:
         all_metrics.update(metrics)
     encoders = sorted({net.config.encoder for net, _ in loaded})
@@ -47,10 +53,9 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
     if locate is None:
         if len(loaded) > 1:
             raise ValueError("several SOURCEs (an ensemble) need --locate: only a v2 stage 2 can be an ensemble")
-        save_checkpoint(target, model, PreprocessConfig.from_dict(meta["preprocessing"]), dtype=torch.float16,
-                        metrics=all_metrics, **release)
+        save_checkpoint(target, model, meta.preprocessing, dtype=torch.float16, metrics=all_metrics, **release)
     else:
-        geometries = {StageGeometry.of(PreprocessConfig.from_dict(m["preprocessing"])) for _, m in loaded}
+        geometries = {stage_geometry(m) for _, m in loaded}
         if len(geometries) != 1:
             raise ValueError(f"the SOURCEs crop differently ({geometries}); an ensemble shares one crop")
         if len(loaded) == 1:
@@ -58,33 +63,33 @@ def export(sources: list[Path], target: Path, name: str, version: str, licence: 
         else:  # the first member's own training numbers are not the ensemble's
             segment = SegmentEnsemble([net for net, _ in loaded])
             all_metrics.pop("validation", None)
-            all_metrics["member_validation"] = [m.get("metrics", {}).get("validation") for _, m in loaded]
-            release["member_training_configs"] = [m.get("training_config") for _, m in loaded]
+            all_metrics["member_validation"] = [m.header.get("metrics", {}).get("validation") for _, m in loaded]
+            release["member_training_configs"] = [m.header.get("training_config") for _, m in loaded]
             release.pop("training_data", None)   # the first member's cases are not the ensemble's
-            union = _union_of_cases([m.get("training_data") for _, m in loaded])
+            union = _union_of_cases([m.header.get("training_data") for _, m in loaded])
             if union:
                 release["training_data"] = union
         locator, locate_meta = load_checkpoint(locate)
         settings = {}
         if isinstance(locator, ScarNetCascade):  # reuse a v2 file's stage 1 and settings (--cascade on top)
             locate_geometry, settings = locator.geometry[LOCATE], locator.params.to_dict()
-            all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("locate_validation")
-            release["locate_training_config"] = locate_meta.get("locate_training_config")
+            all_metrics["locate_validation"] = locate_meta.header.get("metrics", {}).get("locate_validation")
+            release["locate_training_config"] = locate_meta.header.get("locate_training_config")
             locator = locator.locate
         else:
-            locate_geometry = StageGeometry.of(PreprocessConfig.from_dict(locate_meta["preprocessing"]))
-            all_metrics["locate_validation"] = locate_meta.get("metrics", {}).get("validation")
-            release["locate_training_config"] = locate_meta.get("training_config")
+            locate_geometry = stage_geometry(locate_meta)
+            all_metrics["locate_validation"] = locate_meta.header.get("metrics", {}).get("validation")
+            release["locate_training_config"] = locate_meta.header.get("training_config")
         refiner = None
         if refine:
             refiners = [load_checkpoint(path) for path in refine]
-            crops = {StageGeometry.of(PreprocessConfig.from_dict(m["preprocessing"])) for _, m in refiners}
+            crops = {stage_geometry(m) for _, m in refiners}
             if crops != geometries:
                 raise ValueError(f"the refine stage must see stage 2's crop {next(iter(geometries))}, not {crops}")
             refiner = refiners[0][0] if len(refiners) == 1 else SegmentEnsemble([net for net, _ in refiners])
-            all_metrics["refine_validation"] = [m.get("metrics", {}).get("validation") for _, m in refiners]
-            release["refine_training_config"] = [m.get("training_config") for _, m in refiners]
-            union = _union_of_cases([release.get("training_data")] + [m.get("training_data") for _, m in refiners])
+            all_metrics["refine_validation"] = [m.header.get("metrics", {}).get("validation") for _, m in refiners]
+            release["refine_training_config"] = [m.header.get("training_config") for _, m in refiners]
+            union = _union_of_cases([release.get("training_data")] + [m.header.get("training_data") for _, m in refiners])
             if union:
                 release["training_data"] = union
         stages = ScarNetCascade(locator, segment, locate_geometry, geometries.pop(),

@@ -54,10 +54,11 @@ timeout --signal=TERM "${MINUTES}m" $PY training/train.py --config training/conf
 cp "$RUN/train_state.pt" "$RUN/log.csv" "$KEEP/"
 [ -f "$RUN/best.safetensors" ] && cp "$RUN/best.safetensors" "$KEEP/"
 $PY - "$KEEP/log.csv" <<'EOF'
-import csv, sys
+import sys
+from ScarNetCore.io.files import read_csv
 from training.train import validation_score
-rows = list(csv.DictReader(open(sys.argv[1])))
-best = max(rows, key=lambda r: validation_score({k[4:]: float(v) for k, v in r.items() if k.startswith("val_")}))
+rows = read_csv(sys.argv[1])   # written by write_csv: NaN is an empty cell
+best = max(rows, key=lambda r: validation_score({k[4:]: float(v or "nan") for k, v in r.items() if k.startswith("val_")}))
 print(f"after epoch {rows[-1]['epoch']}: last {rows[-1]['val_myocardium_dice']} / {rows[-1]['val_scar_dice']}, "
       f"best epoch {best['epoch']} {best['val_myocardium_dice']} / {best['val_scar_dice']} (crop validation)")
 EOF

@@ -36,7 +36,8 @@ def training_only_members(meta: dict) -> list[int]:
 
 
 def build(bundled: Path, refine: Path | None = None) -> tuple[ScarNetCascade, dict]:
-    cascade, meta = load_checkpoint(bundled)
+    cascade, info = load_checkpoint(bundled)
+    meta = info.header
     if not isinstance(cascade, ScarNetCascade) or not isinstance(cascade.segment, SegmentEnsemble):
         raise ValueError(f"{bundled}: not a v2 file with an ensemble stage 2")
     keep = training_only_members(meta)
@@ -44,7 +45,8 @@ def build(bundled: Path, refine: Path | None = None) -> tuple[ScarNetCascade, di
         raise ValueError(f"{bundled}: no stage-2 member was trained on the training cases only")
     members = [cascade.segment.members[i] for i in keep]
     segment = members[0] if len(members) == 1 else SegmentEnsemble(members)
-    refiner, refine_meta = load_checkpoint(refine) if refine else (None, {})
+    refiner, refine_info = load_checkpoint(refine) if refine else (None, None)
+    refine_meta = refine_info.header if refine_info is not None else {}
     pipeline = ScarNetCascade(cascade.locate, segment, cascade.geometry["locate"], cascade.geometry["segment"],
                               cascade.params, refiner)
     record = {"name": "validation-pipeline", "version": meta.get("version"), "licence": meta.get("licence"),
@@ -61,7 +63,7 @@ def save_member(pipeline: ScarNetCascade, record: dict, position: int, target: P
     segment = pipeline.segment
     member = segment.members[position] if isinstance(segment, SegmentEnsemble) else segment
     config = record["member_training_configs"][position]
-    return save_checkpoint(target, member, pipeline.geometry["segment"].preprocess(), name=f"validation-member-{position}",
+    return save_checkpoint(target, member, pipeline.geometry["segment"], name=f"validation-member-{position}",
                            licence=record["licence"], note=NOTE, training_config=config)
 
 

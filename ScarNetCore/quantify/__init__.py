@@ -1,4 +1,4 @@
-"""Scar quantification: pure computation, no files and no command line (those live in outputs.py, cli.py).
+"""Scar quantification: pure computation, no files and no command line (those live in io/outputs.py, cli.py).
 
     result = quantify(labels, image=None, density_g_per_ml=1.05, insertion_point=None, classical=False)
 

@@ -10,7 +10,8 @@ from ..pipeline.stack import join_slices, split_slices
 from . import aha
 from .classical import classical_methods
 from .geometry import StackGeometry
-from .inputs import (as_volume, check_density, check_point, check_same_grid, image_array, label_array)
+from ..io.validation import checked_voxels, label_voxels
+from .inputs import as_volume, check_density, check_point, check_same_grid
 from .measures import ML_PER_MM3, classical_global, global_metrics, per_segment_rows, per_slice_rows
 from .result import QuantResult
 from .transmurality import chords as measure_chords
@@ -34,12 +35,12 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
         raise InputError(f"labels must be a SimpleITK image, got {type(labels).__name__}")
     density = check_density(density_g_per_ml)
     labels3, was_2d = as_volume(labels, "labels")
-    label_zyx = label_array(labels3, "labels")
+    label_zyx = label_voxels(labels3, "labels")
     image_zyx = remote_zyx = None
     if image is not None:
         image3, _ = as_volume(image, "image")
         check_same_grid(labels3, image3, "the labels", "the image")
-        image_zyx = image_array(image3, "image")
+        image_zyx = checked_voxels(image3, "image").astype(np.float64)
     if classical and image_zyx is None:
         raise InputError("classical methods (n-SD, FWHM) need the LGE image: give the image the labels were drawn on")
     if remote_mask is not None:

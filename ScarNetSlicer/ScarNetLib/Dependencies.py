@@ -1,9 +1,10 @@
 """Which Python packages a ScarNet action needs that this Python lacks (found without importing them),
 and installing them.
 
-The versions have one source, pyproject.toml's [project] dependencies: it is read here (CMake installs
-it beside ScarNetCore in the extension, as it sits beside ScarNetCore in a source checkout), so Slicer
-asks for what `pip install scarnet` would. torch and torchvision are the exception: the PyTorch
+The versions have one source, pyproject.toml's [project] dependencies and its `encoders` extra (the
+image-encoder packages a v1 checkpoint needs): it is read here (CMake installs it beside ScarNetCore in
+the extension, as it sits beside ScarNetCore in a source checkout), so Slicer asks for what
+`pip install scarnet` (`scarnet[encoders]`) would. torch and torchvision are the exception: the PyTorch
 extension installs the build matching the GPU driver, so only [tool.scarnet.slicer] torch-minimum
 applies to them. Nothing is installed on import or without being asked: the widget lists what is
 missing and calls install() only after the user agrees.
@@ -63,12 +64,16 @@ def projectFile() -> Path:
     return Path(ScarNetCore.__file__).resolve().parents[1] / "pyproject.toml"
 
 
+ENCODERS_EXTRA = "encoders"  # pyproject's optional dependencies that hold ENCODER_NEEDS' versions
+
+
 def requirements() -> dict:
     """Normalised distribution name -> the pip requirement Slicer asks for."""
     path = projectFile()
     try:
         project = tomllib.loads(path.read_text(encoding="utf-8"))
-        pins = {normalise(Requirement(text).name): text for text in project["project"]["dependencies"]}
+        texts = project["project"]["dependencies"] + project["project"]["optional-dependencies"][ENCODERS_EXTRA]
+        pins = {normalise(Requirement(text).name): text for text in texts}
         torchMinimum = project["tool"]["scarnet"]["slicer"]["torch-minimum"]
     except (OSError, ValueError, KeyError) as exc:
         raise RuntimeError(f"ScarNet's package list {path} is missing or damaged ({exc}); reinstall ScarNet.") from exc

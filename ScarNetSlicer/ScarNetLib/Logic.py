@@ -364,7 +364,7 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
 
     def exportResults(self, segmentationNode, inputVolumeNode, outputDirectory, name: Optional[str] = None,
                       densityGPerMl: float = 1.05, insertionPointNode=None, overwrite: bool = False) -> dict:
-        """Write the study's files exactly as `scarnet segment` names and writes them (ScarNetCore.outputs):
+        """Write the study's files exactly as `scarnet segment` names and writes them (ScarNetCore.io.outputs):
         the segmentation as it is now (edits included) as <name>_seg.nii.gz, its summary, per-slice and
         AHA CSVs, the bullseye and <name>_run.json. Returns {kind: path}.
 

@@ -115,8 +115,8 @@ class InProcessRunner:
             result = segmenter.segment(image, progress=self._progress, cancel=self._cancel.is_set,
                                        batch_size=batchSize)
             # the runner sees voxels, not files: the logic adds the input volume's files
-            record = outputs.run_record([], {"batch_size": batchSize}, started, segmenter, result)
-            record["finished"] = outputs.now()
+            record = outputs.run_record([], {"batch_size": batchSize}, started, segmenter, result,
+                                        finished=outputs.now())
             return RunState(FINISHED, self._state.done, self._state.total, labels=result.labels,
                             modelInfo=dict(getattr(segmenter, "model_info", {}) or {}),
                             device=str(getattr(segmenter, "device", device)),

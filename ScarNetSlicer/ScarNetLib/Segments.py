@@ -24,7 +24,7 @@ CONTENT_HASH_ATTRIBUTE = "ScarNet.ContentHash"  # node attribute: fingerprint of
 INPUT_VOLUME_ATTRIBUTE = "ScarNet.InputVolumeID"
 MODEL_ATTRIBUTE = "ScarNet.Model"
 QC_FLAGS_ATTRIBUTE = "ScarNet.QCFlags"  # ';'-joined quality-control flags of the run (empty: none)
-RUN_RECORD_ATTRIBUTE = "ScarNet.RunRecord"  # JSON: the run record, as in <name>_run.json (outputs.py)
+RUN_RECORD_ATTRIBUTE = "ScarNet.RunRecord"  # JSON: the run record, as in <name>_run.json (ScarNetCore/io/outputs.py)
 
 Code = tuple  # (CodingSchemeDesignator, CodeValue, CodeMeaning)
 LEFT_VENTRICLE: Code = L.LEFT_VENTRICLE

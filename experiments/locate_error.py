@@ -1,6 +1,6 @@
 """How far model v2's stage 1 puts the LV centre from the reference, and which slices it keeps.
 
-    python training/locate_error.py --model runs/v2.safetensors --data ../shared/data/emidec/slices \
+    python experiments/locate_error.py --model runs/v2.safetensors --data ../shared/data/emidec/slices \
         --split training/configs/emidec_split.json --subset validation
 
 Per case: distance (mm) between the stage-1 centre and the centre of the reference LV (labels 1–4,
@@ -10,21 +10,20 @@ reference LV. The crop-centre jitter of stage-2 training should cover these dist
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ScarNetCore.pipeline.predictor import locate_lv
 from ScarNetCore.model.checkpoint import load_checkpoint
-from training.evaluate import DEFAULT_THICKNESS_MM, read_slice_cases, select_cases, slice_case_ids
+from ScarNetCore.pipeline.predictor import CascadePredictor
+from ScarNetCore.pipeline.stack import Stack
+from training.data import DEFAULT_THICKNESS_MM, case_ids, read_slice_cases, select_cases
 
 
 def main(argv=None) -> int:
@@ -35,13 +34,13 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", default="validation")
     args = parser.parse_args(argv)
     cascade, meta = load_checkpoint(args.model)
-    in_plane = meta["preprocessing"].get("png_nominal_spacing_mm", 1.25)
-    ids = select_cases(slice_case_ids(args.data), args.split, args.subset, None)
+    predictor = CascadePredictor(cascade, "cpu", "fp32", batch_size=8)
+    in_plane = meta.preprocessing.png_nominal_spacing_mm
+    ids = select_cases(case_ids(args.data, "slices"), args.split, args.subset, None)
     errors, dropped, extra = [], 0, 0
     for case in read_slice_cases(args.data, ids, in_plane, DEFAULT_THICKNESS_MM):
-        slices = sitk.GetArrayFromImage(case.image).astype(np.float32)
         with torch.inference_mode():
-            location = locate_lv(cascade, slices, (in_plane, in_plane), "cpu", contextlib.nullcontext, 8)
+            location = predictor.locate(Stack.from_image(case.image))
         ref = case.labels > 0
         if not location.found:
             print(f"{case.id}: no LV found")

@@ -1,23 +1,22 @@
 """Compare evaluations of two models on the same cases: scar % Bland–Altman side by side.
 
-    python training/compare.py eval_v1/per_case.csv eval_v2/per_case.csv --names v1 v2 --out ba.png
+    python experiments/compare.py eval_v1/per_case.csv eval_v2/per_case.csv --names v1 v2 --out ba.png
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ScarNetCore.io.files import read_csv
 from training.plots import bland_altman_comparison
 
 
 def read_scar_percent(path: Path) -> dict[str, tuple[float, float]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return {r["case"]: (float(r["pred_scar_percent"]), float(r["ref_scar_percent"])) for r in csv.DictReader(handle)}
+    return {r["case"]: (float(r["pred_scar_percent"]), float(r["ref_scar_percent"])) for r in read_csv(path)}
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Choose model v2's case-level "no infarct" volume on validation cases (never test cases).
 
-    python training/tune_cascade.py runs/eval_val/per_case.csv
+    python experiments/tune_cascade.py runs/eval_val/per_case.csv
 
 Reads a scarnet-evaluate per_case.csv made with min_scar_ml=0 and, for each candidate minimum
 volume, scores scar the way the EMIDEC challenge does (Dice per case, an empty prediction on an
@@ -11,12 +11,16 @@ which the low-confidence threshold is set below every validation case.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ScarNetCore.io.files import read_csv
 
 
 def main(argv=None) -> int:
@@ -24,7 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("per_case", type=Path)
     parser.add_argument("--candidates", default="0,0.25,0.5,0.75,1,1.5,2,3,4,5")
     args = parser.parse_args(argv)
-    rows = list(csv.DictReader(open(args.per_case, newline="", encoding="utf-8")))
+    rows = read_csv(args.per_case)
     best = None
     for t in (float(x) for x in args.candidates.split(",")):
         scores = []
