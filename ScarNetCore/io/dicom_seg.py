@@ -40,7 +40,7 @@ class DicomSegSkipped(ScarNetError):
 
 def write_dicom_seg(labels: sitk.Image, series_files: list[Path], path: str | os.PathLike,
                     model_name: str = "") -> Path:
-    """`labels` lies on the grid read from `series_files` (io.dicom_series_files: slice k is file k,
+    """`labels` lies on the grid read from `series_files` (io.reading.dicom_series_files: slice k is file k,
     or the frames of one multi-frame file, placed by their positions). Raises DicomSegSkipped when
     the source cannot carry a SEG; errors writing the file (OSError) are not caught."""
     seg = make_dicom_seg(labels, series_files, model_name)
@@ -99,7 +99,7 @@ def make_dicom_seg(labels: sitk.Image, series_files: list[Path], model_name: str
 
 def _check_sources(sources) -> None:
     """The reasons a scanner or anonymiser series cannot carry a SEG, said plainly, before highdicom.
-    Mixed orientations need no check here: io.dicom_series_files, which gives the files, refuses them."""
+    Mixed orientations need no check here: io.reading.dicom_series_files, which gives the files, refuses them."""
     for attribute, name in REQUIRED:
         lacking = sum(not getattr(s, attribute, None) for s in sources)
         if lacking:

@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..labels import CLASS_NAMES
 from ..pipeline.preprocessing import normalize_intensity

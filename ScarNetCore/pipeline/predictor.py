@@ -25,7 +25,7 @@ import torch
 
 from ..errors import Cancelled
 from ..model import ScarNet
-from ..model.cascade import SEGMENT, ScarNetCascade, SegmentEnsemble
+from ..model.cascade import LOCATE, SEGMENT, ScarNetCascade, SegmentEnsemble
 from .device import autocast, autocast_dtype
 from .lv import LVLocation, cross_sections_mm2, find_lv, touches_border, whole_image_location
 from .preprocessing import GridMapping, PreprocessConfig, normalize_in_window, normalize_intensity, prepare_slices
@@ -171,7 +171,7 @@ class CascadePredictor(_Predictor):
     # ------------------------------------------------------------------------------ stages
     def lv_probability(self, stack: Stack) -> np.ndarray:
         """Stage 1's LV probability [N, h, w] on the native grid."""
-        geometry = self.model.geometry["locate"]
+        geometry = self.model.geometry[LOCATE]
         normalised = np.stack([normalize_intensity(s, geometry.percentiles) for s in stack.slices])
         mapping = GridMapping.for_slice(stack.slices.shape[-2:], stack.spacing, geometry)
         lv = np.zeros(stack.slices.shape, np.float32)

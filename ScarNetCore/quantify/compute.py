@@ -5,12 +5,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..io.validation import checked_voxels, label_voxels
 from ..labels import myocardium_mask
 from ..pipeline.stack import join_slices, split_slices
 from . import aha
 from .classical import classical_methods
 from .geometry import StackGeometry
-from ..io.validation import checked_voxels, label_voxels
 from .inputs import as_volume, check_density, check_point, check_same_grid
 from .measures import ML_PER_MM3, classical_global, global_metrics, per_segment_rows, per_slice_rows
 from .result import QuantResult

@@ -28,7 +28,9 @@ from . import Dependencies, Parameter
 from .Conversion import ScarNetSceneError, rasToLps, sitkImageFromVolumeNode, volumeNodeGeometryMatches
 from .Parameter import ScarNetSettings
 from .Runner import CANCELLED, FAILED, InProcessRunner, RunState, ThreadRunner
-from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, QC_FLAGS_ATTRIBUTE, RUN_RECORD_ATTRIBUTE, SEGMENT_DEFINITIONS, labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
+from .Segments import (CONTENT_HASH_ATTRIBUTE, INPUT_VOLUME_ATTRIBUTE, MODEL_ATTRIBUTE, QC_FLAGS_ATTRIBUTE,
+                       RUN_RECORD_ATTRIBUTE, SEGMENT_DEFINITIONS,
+                       labelArrayFromSegmentation, labelsFingerprint, writeLabelsToSegmentation)
 from .Signal import Signal
 
 # Output states (see outputState)
