@@ -83,13 +83,12 @@ def segment_one(segmenter, path: str, out_dir: Path, batch_size: int = 8, overwr
         result = segmenter.segment(image, progress=bar, batch_size=batch_size)
     finally:
         bar.close()
-    report = quantify(result.labels, image=image, insertion_point=insertion_point)
+    report = quantify(result.label_stack, insertion_point=insertion_point)
     options = {"batch_size": batch_size, "insertion_point": insertion_point, "overlay": overlay,
                "pixel_spacing": pixel_spacing, "force": force, "dicom_seg": dicom_seg, "series": series}
     record = outputs.run_record(input_files(path, series), options, started, segmenter, result, notes + report.warnings)
-    written = outputs.write_study(out_dir, name, report, record, labels=result.labels, qc_flags=result.qc_flags,
-                                  overlay=result.stack if overlay else None, dicom_files=dicom_files,
-                                  overwrite=overwrite)
+    written = outputs.write_study(out_dir, name, report, record, labels=result.label_stack, qc_flags=result.qc_flags,
+                                  overlay=overlay, dicom_files=dicom_files, overwrite=overwrite)
     written["metrics"] = report.global_metrics
     written["summary_row"] = outputs.summary_row(report, record["qc_flags"])  # the model's and the output layer's
     written["warnings"] = record["warnings"]

@@ -593,3 +593,19 @@ def test_both_predictors_fill_slice_results_through_one_interface(generation, po
     assert calls[-1] == (len(stack), len(stack)) and [d for d, _ in calls] == sorted(d for d, _ in calls)
     with pytest.raises(Cancelled):
         predictor.predict(stack, SliceResults(stack.slices.shape, 5, False), None, lambda: True)
+
+
+def test_cancel_is_heard_between_stage_1_batches(positive_slab):
+    """Stage 1 runs the whole stack before anything is reported: a cancel that arrives during it stops the
+    run at the next batch, not only once stage 2 starts."""
+    from ScarNetCore.errors import Cancelled
+    from ScarNetCore.pipeline.predictor import SliceResults
+    model = _sure_lv(_small_cascade(lv_threshold=1e-6, min_stack_lv_mm2=0, low_confidence=0.0))
+    predictor = CascadePredictor(model, "cpu", "fp32", batch_size=1)
+    stack = Stack.from_image(positive_slab)
+    assert len(stack) == 2
+    located = []
+    model.locate.register_forward_hook(lambda *_: located.append(1))
+    with pytest.raises(Cancelled):
+        predictor.predict(stack, SliceResults(stack.slices.shape, 5, False), None, lambda: len(located) >= 1)
+    assert len(located) == 1   # the second slice's batch was never run

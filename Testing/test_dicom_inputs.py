@@ -25,7 +25,7 @@ from ScarNetCore.errors import InputError
 from ScarNetCore.io.reading import dicom_series_files, image_from_affine, read_image
 from ScarNetCore.io.outputs import EARLIER, LOCK, STAGING
 from ScarNetCore.io.files import read_csv
-from ScarNetCore.pipeline.stack import Stack
+from ScarNetCore.pipeline.stack import LabelStack
 
 from dicom_series import COLUMN, ROW, write_series
 
@@ -97,13 +97,11 @@ def test_series_without_frame_of_reference_gets_every_file_but_the_seg(tmp_path,
     assert all(p.stat().st_mtime_ns == 0 for p in out.glob("lge*"))
 
 
-def _sources(tmp_path, **kwargs) -> tuple[sitk.Image, list[Path]]:
+def _sources(tmp_path, **kwargs) -> tuple[LabelStack, list[Path]]:
     write_series(tmp_path / "src", pixels(1), **kwargs)
     files = dicom_series_files(tmp_path / "src")
     image = read_image(tmp_path / "src")
-    labels = sitk.GetImageFromArray((sitk.GetArrayFromImage(image) > 1000).astype(np.uint8) * 2)
-    labels.CopyInformation(image)
-    return labels, files
+    return LabelStack.on(image, (sitk.GetArrayFromImage(image) > 1000).astype(np.uint8) * 2), files
 
 
 @pytest.mark.parametrize("drop, edit, phrase", [
@@ -116,7 +114,7 @@ def test_every_reason_a_seg_cannot_be_made_is_said(tmp_path, drop, edit, phrase)
     from ScarNetCore.io.dicom_seg import DicomSegSkipped, write_dicom_seg
     labels, files = _sources(tmp_path, drop=drop)
     if edit == "other_grid":
-        labels = sitk.Image(17, 19, 3, sitk.sitkUInt8)
+        labels = LabelStack.on(sitk.Image(17, 19, 3, sitk.sitkUInt8), np.zeros((3, 19, 17), np.uint8))
     with pytest.raises(DicomSegSkipped, match=phrase.replace("(", r"\(").replace(")", r"\)")):
         write_dicom_seg(labels, files, tmp_path / "x_seg.dcm")
     assert not list(tmp_path.glob("*.dcm")) and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -129,7 +127,8 @@ def test_our_own_mistakes_fail_rather_than_skip_the_seg(tmp_path, monkeypatch):
     from ScarNetCore.io.dicom_seg import DicomSegSkipped, write_dicom_seg
     labels, files = _sources(tmp_path)
     with pytest.raises(RuntimeError, match="internal error: 3 source images for 2 label slices"):
-        write_dicom_seg(labels[:, :, :2], files, tmp_path / "x_seg.dcm")
+        fewer = labels.stack.grid[:, :, :2]
+        write_dicom_seg(LabelStack.on(fewer, sitk.GetArrayFromImage(fewer)), files, tmp_path / "x_seg.dcm")
 
     def bug(*args, **kwargs):
         raise TypeError("a bug")
@@ -148,8 +147,8 @@ def _write(out: Path, overwrite: bool = False, overlay: bool = True, scar: int =
     labels = sitk.GetImageFromArray(array)
     labels.SetSpacing((1.4, 1.5, 8.0))
     record = outputs.run_record([], {}, outputs.now())
-    return outputs.write_study(out, "lge", quantify(labels), record, labels=labels,
-                               overlay=Stack.from_image(labels) if overlay else None, overwrite=overwrite, **kwargs)
+    return outputs.write_study(out, "lge", quantify(labels), record, labels=LabelStack.on(labels, array),
+                               overlay=overlay, overwrite=overwrite, **kwargs)
 
 
 def _fail_on_move(monkeypatch, number: int):
@@ -323,7 +322,7 @@ def test_overwrite_replaces_every_file_of_the_study_but_its_own_input(tmp_path):
     from ScarNetCore.quantify import quantify
     with pytest.raises(outputs.OutputError, match="is an input of this run"):
         outputs.write_study(out, "lge", quantify(image), outputs.run_record([labels], {}, outputs.now()),
-                            labels=image, overwrite=True)
+                            labels=LabelStack.on(image, sitk.GetArrayFromImage(image)), overwrite=True)
     assert _content(out) == before
 
 
@@ -394,7 +393,7 @@ def test_several_stacks_in_one_series_are_named_and_one_can_be_picked(tmp_path, 
     assert "2 stacks" in line and f"--series {uids[1]}:1: image type ORIGINAL\\PRIMARY\\M\\IR (3 images)" in line
     assert f"--series {uids[1]}:2: image type ORIGINAL\\PRIMARY\\P\\IR (3 images)" in line
     assert "\n" not in line
-    alone = write_series(tmp_path / "mag_only", pixels(4), uids=(generate_uid(),) * 3)
+    write_series(tmp_path / "mag_only", pixels(4), uids=(generate_uid(),) * 3)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(folder, f"{uids[1]}:1")),
                                   sitk.GetArrayFromImage(read_image(tmp_path / "mag_only")))
     assert sorted(dicom_series_files(folder, f"{uids[1]}:1")) == sorted(magnitude)

@@ -82,3 +82,48 @@ def test_far_insertion_point_warns_about_ras(phantom):
     x, y, z = phantom.insertion_point
     result = quantify(phantom.labels, insertion_point=(-x - 200, -y - 200, z))
     assert any("RAS" in w for w in result.warnings)
+
+
+def _same_report(a, b):
+    assert a.global_metrics == b.global_metrics and a.warnings == b.warnings
+    assert a.per_slice == b.per_slice and a.per_segment == b.per_segment
+    for one, other in [(a.segment_labels, b.segment_labels), *zip(a.classical_labels.values(),
+                                                                  b.classical_labels.values())]:
+        assert one.GetSize() == other.GetSize() and one.GetSpacing() == other.GetSpacing()
+        assert one.GetOrigin() == other.GetOrigin() and one.GetDirection() == other.GetDirection()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(one), sitk.GetArrayFromImage(other))
+    assert list(a.classical_labels) == list(b.classical_labels)
+
+
+@pytest.mark.parametrize("shape", ["stack", "2-D slice", "single slice stored as 3-D", "slices along i"])
+def test_labels_on_the_image_stack_give_the_numbers_of_the_label_image(phantom, shape):
+    """What the segmentation hands over (a LabelStack: the labels in the layout the image was cut into)
+    and the same labels as an image on the input grid give the same report, number for number and voxel
+    for voxel, whichever axis the image is cut along and for 2-D images."""
+    from ScarNetCore.pipeline.stack import LabelStack
+    labels = phantom.labels
+    if shape == "2-D slice":
+        labels = labels[:, :, 1]
+    elif shape == "single slice stored as 3-D":
+        labels = labels[:, :, 1:2]
+    elif shape == "slices along i":
+        labels = sitk.PermuteAxes(labels, (2, 0, 1))
+    array = sitk.GetArrayFromImage(labels)
+    # an LGE-like image as scanners store it (int16): brighter scar, some texture, on the labels' grid
+    texture = np.random.default_rng(0).normal(0, 5, array.shape)
+    image = _image((100.0 + 300.0 * (array >= 3) + texture).astype(np.int16), labels)
+    stack = LabelStack.on(image, array)
+    assert stack.to_image().GetSize() == labels.GetSize()
+    _same_report(quantify(labels, image, classical=True), quantify(stack, classical=True))
+
+
+def test_a_label_stack_carries_its_image():
+    from ScarNetCore.pipeline.stack import LabelStack
+    image = _image(np.random.default_rng(1).normal(100, 10, (3, 20, 20)))
+    stack = LabelStack.on(image, np.zeros((3, 20, 20), np.uint8))
+    with pytest.raises(InputError, match="carry their image"):
+        quantify(stack, image)
+    with pytest.raises(ValueError, match="do not lie on"):
+        LabelStack(stack.stack, np.zeros((3, 20, 21), np.uint8))
+    with pytest.raises(InputError, match="outside 0..4"):
+        quantify(LabelStack(stack.stack, np.full((3, 20, 20), 7, np.uint8)))

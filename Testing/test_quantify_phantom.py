@@ -11,7 +11,7 @@ from ScarNetCore.quantify.aha import sector_segments
 from ScarNetCore.quantify.geometry import StackGeometry
 from ScarNetCore.quantify.phantoms import ring_phantom, rotation
 from ScarNetCore.quantify.transmurality import chords
-from ScarNetCore.pipeline.stack import split_slices
+from ScarNetCore.pipeline.stack import Stack
 
 R_IN, R_OUT, THICK = 20.0, 30.0, 8.0
 
@@ -99,9 +99,8 @@ def test_transmurality_within_one_voxel(depth, spacing, size):
     voxel = max(spacing[:2])
     wall = R_OUT - R_IN
     # every chord through the scar measures scar thickness and wall thickness within one voxel
-    stack = StackGeometry.from_image(p.labels)
-    arr, _ = split_slices(sitk.GetArrayFromImage(p.labels).astype(np.int16), p.labels, stack.array_axis)
-    frame = aha.LVFrame.of(arr, stack)
+    labels = Stack.from_image(p.labels, sitk.GetArrayFromImage(p.labels).astype(np.int16))
+    frame = aha.LVFrame.of(labels.slices, StackGeometry.of(labels))
     ins = aha.insertion_from_point(np.asarray(p.insertion_point), frame)
     frame = frame.with_insertion(ins.angle_deg)
     seg = aha.segment_map(frame)

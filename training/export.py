@@ -27,14 +27,16 @@ if __package__ in (None, ""):
 from ScarNetCore.io.files import atomic_path, sha256_of
 from ScarNetCore.model.cascade import LOCATE, CascadeParams, ScarNetCascade, SegmentEnsemble
 from ScarNetCore.model.checkpoint import load_checkpoint, save_cascade, save_checkpoint
-from ScarNetCore.model.metadata import ModelMetadata, geometry_from_dict, geometry_to_dict
+from ScarNetCore.model.metadata import ModelMetadata
 from ScarNetCore.pipeline.preprocessing import PreprocessConfig
 
 
 def stage_geometry(meta: ModelMetadata) -> PreprocessConfig:
     """The cascade-stage geometry a stage checkpoint's preprocessing records: its spacing, grid and
-    percentiles (what a v2 file stores per stage)."""
-    return geometry_from_dict(geometry_to_dict(meta.preprocessing))
+    percentiles (what a v2 file stores per stage; the PNG pixel size is the whole file's, left at its default)."""
+    p = meta.preprocessing
+    return PreprocessConfig(grid_size=int(p.grid_size), target_spacing_mm=float(p.target_spacing_mm),
+                            percentiles=tuple(p.percentiles))
 
 
 def export(sources: list[Path], target: Path, name: str, version: str, licence: str, metrics: dict | None,

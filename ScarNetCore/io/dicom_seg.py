@@ -17,11 +17,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import ScarNetError
 from ..labels import LEFT_VENTRICLE, TERMINOLOGY
+from ..pipeline.stack import LabelStack
 from .files import atomic_path
 from .reading import affine_of_image, frame_count
 
@@ -38,10 +38,10 @@ class DicomSegSkipped(ScarNetError):
     """No DICOM SEG can be made from this source series; the message says why."""
 
 
-def write_dicom_seg(labels: sitk.Image, series_files: list[Path], path: str | os.PathLike,
+def write_dicom_seg(labels: LabelStack, series_files: list[Path], path: str | os.PathLike,
                     model_name: str = "") -> Path:
-    """`labels` lies on the grid read from `series_files` (io.reading.dicom_series_files: slice k is file k,
-    or the frames of one multi-frame file, placed by their positions). Raises DicomSegSkipped when
+    """`labels` lie on the grid read from `series_files` (io.reading.dicom_series_files: slice k of its numpy
+    array is file k, or the frames of one multi-frame file, placed by their positions). Raises DicomSegSkipped when
     the source cannot carry a SEG; errors writing the file (OSError) are not caught."""
     seg = make_dicom_seg(labels, series_files, model_name)
     with atomic_path(path) as tmp:
@@ -49,21 +49,22 @@ def write_dicom_seg(labels: sitk.Image, series_files: list[Path], path: str | os
     return Path(path)
 
 
-def make_dicom_seg(labels: sitk.Image, series_files: list[Path], model_name: str = ""):
+def make_dicom_seg(labels: LabelStack, series_files: list[Path], model_name: str = ""):
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in series_files]  # as io reads them
     _check_sources(sources)
-    array = sitk.GetArrayFromImage(labels).astype(np.uint8)  # [slice, row, column], like the source frames
+    # the grid's numpy order [file, row, column], like the source frames (the stack may be cut otherwise)
+    array = np.ascontiguousarray(labels.stack.join(labels.labels), np.uint8)
     if array.ndim == 2:
         array = array[None]
     multiframe = len(sources) == 1 and frame_count(sources[0]) > 1
     if multiframe:
         # the frames of an enhanced (multi-frame) image need not be stored in slice order: give highdicom
         # the labels with their geometry and let it place each frame (and find its source frame)
-        pixels = hd.Volume(array, affine_of_image(labels), hd.CoordinateSystemNames.PATIENT,
+        pixels = hd.Volume(array, affine_of_image(labels.stack.grid), hd.CoordinateSystemNames.PATIENT,
                            frame_of_reference_uid=sources[0].FrameOfReferenceUID)
     else:
         if len(sources) != len(array):  # the labels lie on the grid read from these files: a bug if not

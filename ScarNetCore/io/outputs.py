@@ -27,14 +27,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import SimpleITK as sitk
 from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..errors import InputError, OutputError, ScarNetError
+from ..pipeline.stack import LabelStack
 from ..quantify.bullseye import bullseye_figure
 from ..quantify.classical import METHOD_NAMES
-from ..pipeline.stack import Stack
 from ..quantify.result import QuantResult
 from .files import atomic_path, read_csv, sha256_of, write_csv, write_image_atomic, write_json_atomic
 
@@ -78,9 +77,11 @@ def refuse_overwrite(out_dir: str | os.PathLike, name: str, overwrite: bool) -> 
 
 # ---------------------------------------------------------------------------------- writing
 def write_study(out_dir: str | os.PathLike, name: str, report: QuantResult, record: dict,
-                labels: sitk.Image | None = None, qc_flags=(), overlay: Stack | None = None,
+                labels: LabelStack | None = None, qc_flags=(), overlay: bool = False,
                 dicom_files: list[Path] | None = None, overwrite: bool = False) -> dict[str, Path]:
-    """Write one study's files; returns {kind: path}. All files are written into a staging folder
+    """Write one study's files; returns {kind: path}. `labels`: the segmentation on the LGE image's stack
+    (Segmenter.segment's `label_stack`, or LabelStack.on(image, labels)), written as NIfTI, as a DICOM SEG of
+    `dicom_files` and, with `overlay`, drawn over its image. All files are written into a staging folder
     first and moved into place only when every one of them is there, the run record last: a failure
     of any kind (full disk, read-only folder, an exception while making a file) leaves none of this
     study's files in OUT, and earlier results of the study stay as they were.
@@ -235,7 +236,7 @@ def _write_study(folder, name, report, record, labels, qc_flags, overlay, dicom_
     paths = study_paths(folder, name)
     written = {}
     if labels is not None:
-        written["labels"] = write_image_atomic(labels, paths["labels"])
+        written["labels"] = write_image_atomic(labels.to_image(), paths["labels"])
     if dicom_files:  # before the tables: a SEG that cannot be made adds a flag to the summary
         from .dicom_seg import DicomSegSkipped, write_dicom_seg
         model = record.get("model") or {}
@@ -247,12 +248,12 @@ def _write_study(folder, name, report, record, labels, qc_flags, overlay, dicom_
             qc_flags = (*qc_flags, DICOM_SEG_SKIPPED)
     record["qc_flags"] = list(qc_flags)  # the summary's flags: one list, read back by the callers
     written.update(write_reports(report, folder, name, qc_flags))
-    if overlay is not None:  # the image the labels were made from, as a Stack
+    if overlay and labels is not None:
         from .overlay import write_overlay
         g = report.global_metrics
         title = f"{name}: scar {g['scar_ml']:.1f} mL" + (
             f" ({g['scar_percent_lv']:.1f} % of LV myocardium)" if g.get("scar_percent_lv") is not None else "")
-        written["overlay"] = write_overlay(overlay, overlay.split(labels), paths["overlay"], title)
+        written["overlay"] = write_overlay(labels, paths["overlay"], title)
     record.update(finished=record.get("finished") or now(), outputs=sorted(p.name for p in written.values()))
     written["run"] = write_json_atomic(record, paths["run"])
     return written

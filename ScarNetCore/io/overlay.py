@@ -8,21 +8,21 @@ import numpy as np
 
 from ..labels import CLASS_NAMES
 from ..pipeline.preprocessing import normalize_intensity
-from ..pipeline.stack import Stack
+from ..pipeline.stack import LabelStack
 from .files import atomic_path
 
 # blood pool, healthy myocardium, scar, MVO (background transparent)
 COLOURS = {1: (0.85, 0.25, 0.25), 2: (0.35, 0.55, 0.95), 3: (1.0, 0.85, 0.1), 4: (0.6, 0.1, 0.6)}
 
 
-def write_overlay(stack: Stack, labels: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """Each slice of `stack` with its `labels` ([N, h, w], the stack's layout) drawn over it, in a grid."""
+def write_overlay(segmentation: LabelStack, path: str | Path, title: str = "") -> Path:
+    """Each slice of the segmentation's image with its labels drawn over it, in a grid."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    img, lab, spacing = stack.slices, labels, stack.spacing
+    img, lab, spacing = segmentation.stack.slices, segmentation.labels, segmentation.stack.spacing
     n = len(img)
     cols = min(n, 5)
     rows = math.ceil(n / cols)

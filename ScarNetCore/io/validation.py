@@ -44,7 +44,11 @@ def validate_image(image: sitk.Image, name: str = "input") -> None:
 
 def label_voxels(labels: sitk.Image, name: str = "labels") -> np.ndarray:
     """A label map's values as int16 (numpy z, y, x order), refusing anything but whole numbers 0..4."""
-    array = checked_voxels(labels, name, "a label map with values 0..4")
+    return label_values(checked_voxels(labels, name, "a label map with values 0..4"), name)
+
+
+def label_values(array: np.ndarray, name: str = "labels") -> np.ndarray:
+    """Label values (any numeric array) as int16, refusing anything but whole numbers 0..4."""
     if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
         # float storage is common (EMIDEC stores labels as float64); only whole numbers are labels
         flat = array.ravel()

@@ -175,11 +175,11 @@ class CascadePredictor(_Predictor):
         normalised = np.stack([normalize_intensity(s, geometry.percentiles) for s in stack.slices])
         mapping = GridMapping.for_slice(stack.slices.shape[-2:], stack.spacing, geometry)
         lv = np.zeros(stack.slices.shape, np.float32)
-        for start in range(0, len(stack), self.batch_size):
-            batch = mapping.to_grid(torch.from_numpy(normalised[start:start + self.batch_size])[:, None])
+        for _, index in self._batches(np.arange(len(stack))):
+            batch = mapping.to_grid(torch.from_numpy(normalised[index])[:, None])
             with self._autocast():
                 probs = torch.softmax(self.model.locate(batch.to(self.device)).float(), 1)
-            lv[start:start + len(batch)] = mapping.from_grid(probs.cpu())[:, 1:].sum(1).numpy()
+            lv[index] = mapping.from_grid(probs.cpu())[:, 1:].sum(1).numpy()
         return lv
 
     def locate(self, stack: Stack) -> LVLocation:
@@ -258,7 +258,6 @@ class CascadePredictor(_Predictor):
     # -------------------------------------------------------------------------- the whole run
     def _predict(self, stack: Stack, results: SliceResults, progress: Progress | None) -> list[str]:
         params, total = self.params, len(stack)
-        self._check_cancel()
         location = self.locate(stack)
         judged_by_stage_2 = not location.found   # stage 2 decides, if stage 1 saw one slice's worth of LV
         if judged_by_stage_2:

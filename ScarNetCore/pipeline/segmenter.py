@@ -8,6 +8,7 @@ identical labels, and the output copies the input's size, spacing, origin and di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +23,22 @@ from ..resources import default_model_path, default_model_sha256
 from .device import autocast_dtype, precision_name, resolve_device
 from .postprocess import clean_labels
 from .predictor import Cancel, Progress, SliceResults, predictor_for
-from .stack import Stack
+from .stack import LabelStack, Stack
 
 
 @dataclass
 class SegmentationResult:
-    labels: sitk.Image                       # uint8 0..4 on the input grid
-    stack: Stack                             # the image as it was segmented: slices, spacing, grid
-    label_slices: np.ndarray                 # the labels in the stack's layout [N, h, w]
+    label_stack: LabelStack                  # labels 0..4 in the layout they were made in, on the image's Stack:
+                                             # what quantify, the overlay and the DICOM SEG read
     probabilities: sitk.Image | None = None  # float32 vector image (5 components), on request
     model_info: dict = field(default_factory=dict)
     qc_flags: list[str] = field(default_factory=list)   # e.g. no_lv_found, low_confidence, lv_at_image_edge
     confidence: float | None = None   # mean top-class probability over the voxels labelled LV (None: no LV)
+
+    @cached_property
+    def labels(self) -> sitk.Image:
+        """The labels as a uint8 image on the input grid (made when first asked for)."""
+        return self.label_stack.to_image()
 
 
 QC_MESSAGES = {
@@ -93,7 +98,7 @@ class Segmenter:
             if self.metadata.is_cascade:
                 qc_flags += self._drop_small_scar(labels, image)
         probabilities = None if results.probabilities is None else stack.to_image(results.probabilities)
-        return SegmentationResult(stack.to_image(labels), stack, labels, probabilities, self.model_info, qc_flags,
+        return SegmentationResult(LabelStack(stack, labels), probabilities, self.model_info, qc_flags,
                                   results.lv_confidence)
 
     def _drop_small_scar(self, labels: np.ndarray, image: sitk.Image) -> list[str]:

@@ -3,7 +3,9 @@
 One rule says which axis that is (slice_index_axis), and one layout follows from it (split_slices:
 [slice, row, column], the other array axes in order). Inference, quantification (StackGeometry), the
 overlay and training all cut this way, so slice t, its rows and its columns mean the same everywhere.
-A 2-D image is a stack of one slice.
+A 2-D image is a stack of one slice. A segmentation travels as a LabelStack (labels in that layout and
+the Stack they lie on) from the Segmenter to quantify, the overlay and the DICOM SEG; it becomes an
+image only to be written as one.
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ def neighbour_indices(index: np.ndarray, count: int, context: int, step: int = 1
 
 @dataclass(frozen=True)
 class Stack:
-    """An image cut into slices: `slices` [N, h, w] float32 in acquisition order, their in-plane
+    """An image cut into slices: `slices` [N, h, w] in acquisition order (float32 unless from_image was
+    given the voxels, as quantify gives a label map's), their in-plane
     `spacing` (row, column) in mm, the distance between slices `slice_mm` (None: a 2-D image, one
     slice), and where they came from (`axis`, the numpy axis cut; `grid`, the image whose size,
     spacing, origin and direction every result is given back on)."""
@@ -67,8 +70,10 @@ class Stack:
     grid: sitk.Image
 
     @classmethod
-    def from_image(cls, image: sitk.Image) -> "Stack":
-        array = sitk.GetArrayFromImage(image).astype(np.float32)
+    def from_image(cls, image: sitk.Image, voxels: np.ndarray | None = None) -> "Stack":
+        """The image cut into slices; `voxels`: its voxels already read (numpy z, y, x order, e.g. checked
+        label values), else they are read here as float32."""
+        array = sitk.GetArrayFromImage(image).astype(np.float32) if voxels is None else voxels
         axis = cut_axis(image)
         if axis is None:
             return cls(array[None], tuple(image.GetSpacing()[::-1]), None, None, image)
@@ -83,16 +88,42 @@ class Stack:
         1; 1 when the slice distance is unknown, a single slice)."""
         return max(1, int(round(neighbour_mm / self.slice_mm))) if self.slice_mm else 1
 
-    def split(self, image: sitk.Image) -> np.ndarray:
-        """Another image on this grid (labels drawn on it) in this stack's layout [N, h, w]."""
-        array = sitk.GetArrayFromImage(image)
-        return array[None] if self.axis is None else split_slices(array, self.grid, self.axis)[0]
+    def layout(self, array_zyx: np.ndarray) -> np.ndarray:
+        """An array on this grid (numpy z, y, x order) in this stack's layout [N, h, w] (a view)."""
+        return array_zyx[None] if self.axis is None else split_slices(array_zyx, self.grid, self.axis)[0]
+
+    def join(self, per_slice: np.ndarray) -> np.ndarray:
+        """Inverse of `layout`: [N, h, w] (or [N, h, w, K]) back in the grid's numpy order (a view)."""
+        return per_slice[0] if self.axis is None else np.moveaxis(per_slice, 0, self.axis)
 
     def to_image(self, per_slice: np.ndarray) -> sitk.Image:
         """[N, h, w] (or [N, K, h, w]: one vector component per class) → an image on this grid."""
-        if per_slice.ndim == 4:
-            per_slice = np.moveaxis(per_slice, 1, -1)
-        array = per_slice[0] if self.axis is None else np.moveaxis(per_slice, 0, self.axis)
-        out = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=per_slice.ndim == 4)
+        vector = per_slice.ndim == 4
+        array = self.join(np.moveaxis(per_slice, 1, -1) if vector else per_slice)
+        out = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
         out.CopyInformation(self.grid)
         return out
+
+
+@dataclass(frozen=True)
+class LabelStack:
+    """A segmentation as its readers take it (quantify, the overlay, the DICOM SEG): `labels` 0..4 in a
+    stack's layout [N, h, w], and the `stack` they are drawn on (its grid; its slices are the LGE image).
+    Segmenter.segment gives one, so the labels reach those readers with no trip through an image."""
+    stack: Stack
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.labels.shape != self.stack.slices.shape:
+            raise ValueError(f"labels of shape {self.labels.shape} do not lie on a stack of {self.stack.slices.shape}")
+
+    @classmethod
+    def on(cls, image: sitk.Image, labels_zyx: np.ndarray) -> "LabelStack":
+        """Labels given as an array on `image`'s grid (numpy z, y, x order: a label map's voxels, Slicer's
+        labelmap array) on that image's stack."""
+        stack = Stack.from_image(image)
+        return cls(stack, stack.layout(labels_zyx))
+
+    def to_image(self) -> sitk.Image:
+        """The label image (uint8) on the stack's grid: what is written as NIfTI."""
+        return self.stack.to_image(self.labels.astype(np.uint8, copy=False))

@@ -5,24 +5,26 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io.validation import checked_voxels, label_voxels
+from ..io.validation import checked_voxels
 from ..labels import myocardium_mask
-from ..pipeline.stack import join_slices, split_slices
+from ..pipeline.stack import LabelStack
 from . import aha
 from .classical import classical_methods
 from .geometry import StackGeometry
-from .inputs import as_volume, check_density, check_point, check_same_grid
+from .inputs import check_density, check_point, check_same_grid, stack_inputs
 from .measures import ML_PER_MM3, classical_global, global_metrics, per_segment_rows, per_slice_rows
 from .result import QuantResult
 from .transmurality import chords as measure_chords
 
 
-def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_ml: float = 1.05,
+def quantify(labels: sitk.Image | LabelStack, image: sitk.Image | None = None, density_g_per_ml: float = 1.05,
              insertion_point: tuple[float, float, float] | None = None, classical: bool = False,
              remote_mask: sitk.Image | None = None) -> QuantResult:
     """Quantify scar in a label volume (0 background, 1 blood pool, 2 myocardium, 3 scar, 4 MVO).
 
-    labels: 2-D or 3-D integer-valued label image, any spacing and direction matrix.
+    labels: 2-D or 3-D integer-valued label image, any spacing and direction matrix; or a LabelStack
+        (Segmenter.segment's `label_stack`), read in the layout it was segmented in, with no image
+        between: its stack's slices (float32) are then the LGE image, and `image` is not given.
     image: the LGE image on the same grid (needed for `classical`).
     insertion_point: anterior RV insertion point, physical LPS mm (SimpleITK convention; Slicer's
         RAS needs X and Y negated). None: estimated from the image orientation and flagged.
@@ -31,34 +33,24 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
         without it the rule in classical.py picks one.
     Raises InputError for anything the caller must fix.
     """
-    if not isinstance(labels, sitk.Image):
-        raise InputError(f"labels must be a SimpleITK image, got {type(labels).__name__}")
     density = check_density(density_g_per_ml)
-    labels3, was_2d = as_volume(labels, "labels")
-    label_zyx = label_voxels(labels3, "labels")
-    image_zyx = remote_zyx = None
-    if image is not None:
-        image3, _ = as_volume(image, "image")
-        check_same_grid(labels3, image3, "the labels", "the image")
-        image_zyx = checked_voxels(image3, "image").astype(np.float64)
-    if classical and image_zyx is None:
+    base, stack, image_stack = stack_inputs(labels, image)  # base: the Stack the labels lie on
+    if classical and image_stack is None:
         raise InputError("classical methods (n-SD, FWHM) need the LGE image: give the image the labels were drawn on")
+    remote_stack = None
     if remote_mask is not None:
         if not classical:
             raise InputError("a remote-myocardium mask is only used by the classical methods: ask for them too")
-        remote3, _ = as_volume(remote_mask, "remote mask")
-        check_same_grid(labels3, remote3, "the labels", "the remote mask")
-        remote_zyx = sitk.GetArrayFromImage(remote3) != 0
+        remote = checked_voxels(remote_mask, "remote mask", "a single-channel volume")
+        check_same_grid(base.grid, remote_mask, "the labels", "the remote mask")
+        remote_stack = base.layout(remote != 0)
 
-    geom = StackGeometry.from_image(labels3, slice_axis=2 if was_2d else None)
-
-    def to_stack(array_zyx):
-        return split_slices(array_zyx, labels3, geom.array_axis)[0]
+    geom = StackGeometry.of(base)
+    was_2d = base.axis is None
 
     def to_image(stack_array):
-        return _to_image(join_slices(stack_array, geom.array_axis), labels, labels3, was_2d)
+        return base.to_image(stack_array.astype(np.uint8))
 
-    stack = to_stack(label_zyx)
     frame = aha.LVFrame.of(stack, geom)
     axis = frame.axis
     point = check_point(insertion_point, was_2d)
@@ -86,8 +78,7 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
     classical_stacks: dict[str, np.ndarray] = {}
     classical_images: dict[str, sitk.Image] = {}
     if classical:
-        remote_stack = to_stack(remote_zyx) if remote_zyx is not None else None
-        found = classical_methods(to_stack(image_zyx), stack, segments, remote_stack, inplane_axes=(1, 2))
+        found = classical_methods(image_stack.astype(np.float64), stack, segments, remote_stack, inplane_axes=(1, 2))
         warnings.extend(found.warnings)
         classical_stacks = found.labels
         metrics.update({"remote_rule": found.remote.rule, "remote_segment": found.remote.segment,
@@ -107,8 +98,3 @@ def quantify(labels: sitk.Image, image: sitk.Image | None = None, density_g_per_
                        segment_labels=to_image(segments),
                        warnings=warnings)
 
-
-def _to_image(array_zyx: np.ndarray, original: sitk.Image, volume: sitk.Image, was_2d: bool) -> sitk.Image:
-    out = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx[0] if was_2d else array_zyx).astype(np.uint8))
-    out.CopyInformation(original if was_2d else volume)
-    return out

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
-from ..pipeline.stack import slice_index_axis
+from ..pipeline.stack import Stack
 
+# A 2-D image is one slice of this thickness, so that its "mL" numbers equal area (cm²) / 10;
+# percentages are unaffected.
+NOMINAL_2D_THICKNESS_MM = 1.0
 # LPS unit vectors of the directions that matter anatomically.
 PATIENT_RIGHT = np.array([-1.0, 0.0, 0.0])
 PATIENT_ANTERIOR = np.array([0.0, -1.0, 0.0])
@@ -31,22 +33,25 @@ class StackGeometry:
     inplane_axes: tuple[int, int]       # index axes of the stack's rows (a) and columns (b)
 
     @classmethod
-    def from_image(cls, image: sitk.Image, slice_axis: int | None = None) -> "StackGeometry":
-        spacing = np.asarray(image.GetSpacing(), float)
-        if slice_axis is None:
-            slice_axis = slice_index_axis(spacing, image.GetSize())  # the segmentation's rule: its slices
-        # split_slices keeps the other array axes in order; array axis n is index axis 2 - n
+    def of(cls, stack: Stack) -> "StackGeometry":
+        """The geometry of a Stack's grid, cut as the stack is (slice_index_axis). A 2-D image is one
+        slice of NOMINAL_2D_THICKNESS_MM along a third axis (k) normal to its plane."""
+        grid = stack.grid
+        size, spacing, origin = grid.GetSize(), grid.GetSpacing(), grid.GetOrigin()
+        direction = np.asarray(grid.GetDirection(), float).reshape(grid.GetDimension(), -1)
+        if stack.axis is None:
+            size, spacing, origin = (*size, 1), (*spacing, NOMINAL_2D_THICKNESS_MM), (*origin, 0.0)
+            direction = np.pad(direction, (0, 1))
+            direction[2, 2] = 1.0
+            slice_axis = 2
+        else:
+            slice_axis = 2 - stack.axis  # numpy axis n is index axis 2 - n
+        # split_slices keeps the other array axes in order
         inplane = tuple(d for d in (2, 1, 0) if d != slice_axis)
-        return cls(size=tuple(image.GetSize()), spacing=spacing, origin=np.asarray(image.GetOrigin(), float),
-                   direction=np.asarray(image.GetDirection(), float).reshape(3, 3),
-                   slice_axis=slice_axis, inplane_axes=inplane)  # type: ignore[arg-type]
+        return cls(size=tuple(size), spacing=np.asarray(spacing, float), origin=np.asarray(origin, float),
+                   direction=direction, slice_axis=slice_axis, inplane_axes=inplane)  # type: ignore[arg-type]
 
-    # ---- array layout -------------------------------------------------------------------
-    @property
-    def array_axis(self) -> int:
-        """Axis of the acquisition direction in a SimpleITK array ([k, j, i]): split_slices's `axis`."""
-        return 2 - self.slice_axis
-
+    # ---- layout ----------------------------------------------------------------------------
     @property
     def n_slices(self) -> int:
         return int(self.size[self.slice_axis])

@@ -1,8 +1,8 @@
 """Checking and normalising what `quantify` is given.
 
 Every problem a user can fix raises InputError saying what is wrong and what to do.
-2-D inputs become single-slice 3-D volumes (1 mm nominal thickness, see `as_volume`) so the
-rest of the package handles one case only.
+Labels and images are read once, into the layout of a Stack (ScarNetCore.pipeline.stack), as the
+segmentation reads an image; a 2-D image is a stack of one slice (geometry.StackGeometry.of).
 """
 from __future__ import annotations
 
@@ -12,30 +12,32 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io.validation import checked_voxels
+from ..io.validation import checked_voxels, label_values, label_voxels
+from ..pipeline.stack import LabelStack, Stack
 
 # Relative tolerance when comparing two grids: header round-off (float32 NIfTI, DICOM strings)
 # must not make a label map "differ" from the image it was drawn on.
 GRID_TOLERANCE = 1e-4
-NOMINAL_2D_THICKNESS_MM = 1.0
 
 
-def as_volume(image: sitk.Image, name: str) -> tuple[sitk.Image, bool]:
-    """Return a 3-D image and whether the input was 2-D.
-
-    A 2-D image becomes one slice of NOMINAL_2D_THICKNESS_MM so that "mL" numbers equal
-    area (cm²) / 10; percentages are unaffected.
-    """
-    checked_voxels(image, name, "a single-channel volume")
-    if image.GetDimension() == 3:
-        return image, False
-    volume = sitk.JoinSeries([image], 0.0, NOMINAL_2D_THICKNESS_MM)
-    d2 = np.asarray(image.GetDirection(), float).reshape(2, 2)
-    d3 = np.eye(3)
-    d3[:2, :2] = d2
-    volume.SetDirection(tuple(d3.ravel()))
-    volume.SetOrigin(tuple(image.GetOrigin()) + (0.0,))
-    return volume, True
+def stack_inputs(labels, image: sitk.Image | None) -> tuple[Stack, np.ndarray, np.ndarray | None]:
+    """(the Stack whose grid the labels lie on, the labels as int16 in its layout [N, h, w], the LGE image
+    in that layout or None): each image's voxels read and checked once, none turned back into an image.
+    `labels` is a label image (checked here, and `image` against its grid) or a LabelStack (the image is
+    its stack's slices)."""
+    if isinstance(labels, LabelStack):
+        if image is not None:
+            raise InputError("the labels carry their image (a LabelStack, e.g. a segmentation result's "
+                             "label_stack): give no separate image")
+        return labels.stack, label_values(labels.labels, "labels"), labels.stack.slices
+    if not isinstance(labels, sitk.Image):
+        raise InputError(f"labels must be a SimpleITK image or a LabelStack, got {type(labels).__name__}")
+    stack = Stack.from_image(labels, label_voxels(labels, "labels"))  # its slices are the labels
+    if image is None:
+        return stack, stack.slices, None
+    voxels = checked_voxels(image, "image", "a single-channel volume")
+    check_same_grid(labels, image, "the labels", "the image")
+    return stack, stack.slices, stack.layout(voxels)
 
 
 def check_same_grid(reference: sitk.Image, other: sitk.Image, ref_name: str, other_name: str) -> None:

@@ -287,15 +287,18 @@ class ScarNetLogic(ScriptedLoadableModuleLogic):
 
     @classmethod
     def _quantification(cls, segmentationNode, inputVolumeNode, densityGPerMl, insertionPointNode):
-        """(labels image, QuantResult) of the segmentation as it is now, on the input volume's grid."""
+        """(labels, QuantResult) of the segmentation as it is now, on the input volume's grid; the labels as a
+        ScarNetCore LabelStack (on the volume's stack), which quantify and the output layer read as they are."""
         if segmentationNode is None or segmentationNode.GetScene() is None:
             raise InputError("Select the segmentation to quantify.")
-        image = sitkImageFromVolumeNode(inputVolumeNode)
-        labels = sitk.GetImageFromArray(labelArrayFromSegmentation(segmentationNode, inputVolumeNode))
-        labels.CopyInformation(image)
+        from ScarNetCore.io.validation import checked_voxels
+        from ScarNetCore.pipeline.stack import LabelStack
         from ScarNetCore.quantify import quantify
+        image = sitkImageFromVolumeNode(inputVolumeNode)
+        checked_voxels(image, inputVolumeNode.GetName())
+        labels = LabelStack.on(image, labelArrayFromSegmentation(segmentationNode, inputVolumeNode))
         insertion = cls.insertionPointLps(insertionPointNode, inputVolumeNode)
-        return labels, quantify(labels, image, density_g_per_ml=float(densityGPerMl), insertion_point=insertion)
+        return labels, quantify(labels, density_g_per_ml=float(densityGPerMl), insertion_point=insertion)
 
     def _fillTable(self, scene, tableNode, name, rows: list, segmentationNode, referenceNode):
         import vtk
