@@ -127,3 +127,17 @@ def test_a_label_stack_carries_its_image():
         LabelStack(stack.stack, np.zeros((3, 20, 21), np.uint8))
     with pytest.raises(InputError, match="outside 0..4"):
         quantify(LabelStack(stack.stack, np.full((3, 20, 20), 7, np.uint8)))
+
+
+def test_a_2d_slice_and_the_same_slice_stored_as_3d_share_a_grid():
+    """A 2-D label map beside a one-slice 3-D image (1 mm thick at z = 0, as a 2-D slice is measured), and
+    the other way round, lie on one grid: the same numbers as two 2-D images, not a grid error."""
+    p = ring_phantom(cavity_slices=1, cap_slices=0, spacing=(1.0, 1.0, 1.0))
+    flat, one_slice = p.labels[:, :, 0], p.labels[:, :, 0:1]
+    image = sitk.Cast(one_slice, sitk.sitkFloat32) * 100 + 5    # healthy myocardium 205, scar 305
+
+    def numbers(labels, beside):
+        metrics = quantify(labels, beside, classical=True, remote_mask=(beside > 150) & (beside < 250)).global_metrics
+        return {k: v for k, v in metrics.items() if k != "input_2d"}
+    reference = numbers(flat, image[:, :, 0])
+    assert numbers(flat, image) == reference and numbers(one_slice, image[:, :, 0]) == reference

@@ -1,4 +1,5 @@
-"""A label volume as a DICOM Segmentation of its source series, for PACS and DICOM viewers.
+"""A segmentation (a LabelStack on the grid read from a DICOM series) as a DICOM Segmentation of
+that series, for PACS and DICOM viewers.
 
 Written with highdicom (never by hand): one segment per ScarNet label, with the codes of
 labels.TERMINOLOGY (the Slicer module's codes), referencing every image of the source series.

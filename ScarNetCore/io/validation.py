@@ -1,6 +1,8 @@
 """Is this an image ScarNet can use? The one check of every image it is given (an LGE image to
 segment, a label map to quantify, the image and masks beside it), each failure one line that says
-what is wrong and what to do (the CLI, the Slicer module, the Segmenter and quantify all ask here)."""
+what is wrong and what to do (the CLI, the Slicer module, the Segmenter and quantify all ask here).
+Labels that arrive as an array on a checked image's stack (a LabelStack) get the label-value check
+alone (label_values)."""
 from __future__ import annotations
 
 import numpy as np

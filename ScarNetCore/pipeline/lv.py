@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..model.cascade import CascadeParams
+from .preprocessing import PreprocessConfig
 
 
 @dataclass
@@ -39,7 +40,7 @@ def find_lv(lv_probability: np.ndarray, spacing_mm: tuple[float, float], params:
     return LVLocation(True, centre, area_mm2 >= params.min_lv_area_mm2, touches_border(lv), float(area_mm2.max()))
 
 
-def whole_image_location(shape, spacing_mm, params: CascadeParams, crop: "PreprocessConfig", count: int,
+def whole_image_location(shape, spacing_mm, params: CascadeParams, crop: PreprocessConfig, count: int,
                          stage_1_mm2: float) -> LVLocation | None:
     """When stage 1 sees an LV too small to trust in an image that fits in one stage-2 crop (a user's
     crop to the heart), stage 2 looks at all of it and decides: stage 2 is trained on such crops.

@@ -37,7 +37,8 @@ class SegmentationResult:
 
     @cached_property
     def labels(self) -> sitk.Image:
-        """The labels as a uint8 image on the input grid (made when first asked for)."""
+        """The labels as a uint8 image on the input grid (made when first asked for, then kept: change
+        the labels through this image, or make a new result, not label_stack's array in place)."""
         return self.label_stack.to_image()
 
 

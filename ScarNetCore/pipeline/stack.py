@@ -56,7 +56,7 @@ def neighbour_indices(index: np.ndarray, count: int, context: int, step: int = 1
     return np.where((positions < 0) | (positions >= count), index, positions)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class Stack:
     """An image cut into slices: `slices` [N, h, w] in acquisition order (float32 unless from_image was
     given the voxels, as quantify gives a label map's), their in-plane
@@ -105,7 +105,7 @@ class Stack:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LabelStack:
     """A segmentation as its readers take it (quantify, the overlay, the DICOM SEG): `labels` 0..4 in a
     stack's layout [N, h, w], and the `stack` they are drawn on (its grid; its slices are the LGE image).

@@ -5,13 +5,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io.validation import checked_voxels
 from ..labels import myocardium_mask
 from ..pipeline.stack import LabelStack
 from . import aha
 from .classical import classical_methods
 from .geometry import StackGeometry
-from .inputs import check_density, check_point, check_same_grid, stack_inputs
+from .inputs import check_density, check_point, on_grid, stack_inputs
 from .measures import ML_PER_MM3, classical_global, global_metrics, per_segment_rows, per_slice_rows
 from .result import QuantResult
 from .transmurality import chords as measure_chords
@@ -41,9 +40,7 @@ def quantify(labels: sitk.Image | LabelStack, image: sitk.Image | None = None, d
     if remote_mask is not None:
         if not classical:
             raise InputError("a remote-myocardium mask is only used by the classical methods: ask for them too")
-        remote = checked_voxels(remote_mask, "remote mask", "a single-channel volume")
-        check_same_grid(base.grid, remote_mask, "the labels", "the remote mask")
-        remote_stack = base.layout(remote != 0)
+        remote_stack = on_grid(base, remote_mask, "remote mask") != 0
 
     geom = StackGeometry.of(base)
     was_2d = base.axis is None

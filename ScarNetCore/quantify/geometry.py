@@ -23,6 +23,18 @@ PATIENT_ANTERIOR = np.array([0.0, -1.0, 0.0])
 TYPICAL_APEX_DIRECTION = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
 
 
+def grid_3d(image) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]:
+    """(size, spacing, origin, 3x3 direction) of a 2-D or 3-D image's grid, in index order. A 2-D image
+    is one slice of NOMINAL_2D_THICKNESS_MM along a third axis (k) normal to its plane, at k = 0."""
+    size, spacing, origin = image.GetSize(), image.GetSpacing(), image.GetOrigin()
+    direction = np.asarray(image.GetDirection(), float).reshape(image.GetDimension(), -1)
+    if image.GetDimension() == 2:
+        size, spacing, origin = (*size, 1), (*spacing, NOMINAL_2D_THICKNESS_MM), (*origin, 0.0)
+        direction = np.pad(direction, (0, 1))
+        direction[2, 2] = 1.0
+    return tuple(int(n) for n in size), np.asarray(spacing, float), np.asarray(origin, float), direction
+
+
 @dataclass(frozen=True)
 class StackGeometry:
     size: tuple[int, int, int]          # SimpleITK index order (i, j, k)
@@ -34,22 +46,13 @@ class StackGeometry:
 
     @classmethod
     def of(cls, stack: Stack) -> "StackGeometry":
-        """The geometry of a Stack's grid, cut as the stack is (slice_index_axis). A 2-D image is one
-        slice of NOMINAL_2D_THICKNESS_MM along a third axis (k) normal to its plane."""
-        grid = stack.grid
-        size, spacing, origin = grid.GetSize(), grid.GetSpacing(), grid.GetOrigin()
-        direction = np.asarray(grid.GetDirection(), float).reshape(grid.GetDimension(), -1)
-        if stack.axis is None:
-            size, spacing, origin = (*size, 1), (*spacing, NOMINAL_2D_THICKNESS_MM), (*origin, 0.0)
-            direction = np.pad(direction, (0, 1))
-            direction[2, 2] = 1.0
-            slice_axis = 2
-        else:
-            slice_axis = 2 - stack.axis  # numpy axis n is index axis 2 - n
+        """The geometry of a Stack's grid (grid_3d), cut as the stack is (slice_index_axis)."""
+        size, spacing, origin, direction = grid_3d(stack.grid)
+        slice_axis = 2 if stack.axis is None else 2 - stack.axis  # numpy axis n is index axis 2 - n
         # split_slices keeps the other array axes in order
         inplane = tuple(d for d in (2, 1, 0) if d != slice_axis)
-        return cls(size=tuple(size), spacing=np.asarray(spacing, float), origin=np.asarray(origin, float),
-                   direction=direction, slice_axis=slice_axis, inplane_axes=inplane)  # type: ignore[arg-type]
+        return cls(size=size, spacing=spacing, origin=origin, direction=direction, slice_axis=slice_axis,
+                   inplane_axes=inplane)  # type: ignore[arg-type]
 
     # ---- layout ----------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..io.validation import checked_voxels, label_values, label_voxels
 from ..pipeline.stack import LabelStack, Stack
+from .geometry import grid_3d
 
 # Relative tolerance when comparing two grids: header round-off (float32 NIfTI, DICOM strings)
 # must not make a label map "differ" from the image it was drawn on.
@@ -33,26 +34,32 @@ def stack_inputs(labels, image: sitk.Image | None) -> tuple[Stack, np.ndarray, n
     if not isinstance(labels, sitk.Image):
         raise InputError(f"labels must be a SimpleITK image or a LabelStack, got {type(labels).__name__}")
     stack = Stack.from_image(labels, label_voxels(labels, "labels"))  # its slices are the labels
-    if image is None:
-        return stack, stack.slices, None
-    voxels = checked_voxels(image, "image", "a single-channel volume")
-    check_same_grid(labels, image, "the labels", "the image")
-    return stack, stack.slices, stack.layout(voxels)
+    return stack, stack.slices, None if image is None else on_grid(stack, image, "image")
+
+
+def on_grid(stack: Stack, image: sitk.Image, name: str) -> np.ndarray:
+    """The voxels of `image` (a mask or image beside the labels) in the layout of the stack the labels lie
+    on, once it is checked and on the stack's grid."""
+    voxels = checked_voxels(image, name, "a single-channel volume")
+    check_same_grid(stack.grid, image, "the labels", f"the {name}")
+    return stack.layout(voxels.reshape(stack.grid.GetSize()[::-1]))  # a 2-D image beside a one-slice 3-D one
 
 
 def check_same_grid(reference: sitk.Image, other: sitk.Image, ref_name: str, other_name: str) -> None:
-    """Raise InputError unless `other` lies voxel for voxel on `reference`'s grid."""
+    """Raise InputError unless `other` lies voxel for voxel on `reference`'s grid (compared as 3-D grids:
+    a 2-D image and a one-slice 3-D image can share one)."""
     problems = []
-    if reference.GetSize() != other.GetSize():
-        problems.append(f"size {other.GetSize()} vs {reference.GetSize()}")
+    size_a, spacing_a, origin_a, direction_a = grid_3d(reference)
+    size_b, spacing_b, origin_b, direction_b = grid_3d(other)
+    if size_a != size_b:
+        problems.append(f"size {size_b} vs {size_a}")
     else:
-        spacing_a, spacing_b = np.array(reference.GetSpacing()), np.array(other.GetSpacing())
         if not np.allclose(spacing_a, spacing_b, rtol=GRID_TOLERANCE, atol=0):
             problems.append(f"spacing {_fmt(spacing_b)} vs {_fmt(spacing_a)}")
         # origins may differ by round-off only: 1 % of the smallest voxel side
-        if not np.allclose(reference.GetOrigin(), other.GetOrigin(), rtol=0, atol=0.01 * float(spacing_a.min())):
-            problems.append(f"origin {_fmt(other.GetOrigin())} vs {_fmt(reference.GetOrigin())}")
-        if not np.allclose(reference.GetDirection(), other.GetDirection(), rtol=0, atol=1e-3):
+        if not np.allclose(origin_a, origin_b, rtol=0, atol=0.01 * float(spacing_a.min())):
+            problems.append(f"origin {_fmt(origin_b)} vs {_fmt(origin_a)}")
+        if not np.allclose(direction_a, direction_b, rtol=0, atol=1e-3):
             problems.append("direction matrices differ")
     if problems:
         raise InputError(f"{other_name} is not on the grid of {ref_name} ({'; '.join(problems)}); "
