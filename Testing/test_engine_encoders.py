@@ -110,3 +110,25 @@ def test_unknown_encoder_lists_choices():
     assert all(name in str(info.value) for name in ENCODERS)
     with pytest.raises(ValueError, match="256"):
         build_encoder("litemedsam", input_size=512)
+
+
+def test_litemedsam_from_a_scarnet_checkpoint_that_has_it(v1_model_and_path, tmp_path):
+    """model.encoder_checkpoint may name a ScarNet .safetensors file with that encoder (its encoder.backbone):
+    model v1's, whose frozen encoder holds the pretrained weights, starts a fine-tuning where the 37 MB
+    package cannot travel (the GPU machine). A file without an encoder says so."""
+    from safetensors.torch import load_file
+    _, path = v1_model_and_path
+    encoder = build_encoder("litemedsam", checkpoint=str(path))
+    stored = {k[len("encoder.backbone."):]: v for k, v in load_file(str(path)).items()
+              if k.startswith("encoder.backbone.")}
+    own = encoder.backbone.state_dict()
+    assert set(own) == set(stored)
+    for key, value in own.items():
+        assert torch.equal(value, stored[key].to(value.dtype)), key
+    from ScarNetCore.model.checkpoint import save_checkpoint
+    from ScarNetCore.model.scarnet import ScarNet, ScarNetConfig
+    from ScarNetCore.pipeline.preprocessing import PreprocessConfig
+    plain = tmp_path / "plain.safetensors"
+    save_checkpoint(plain, ScarNet(ScarNetConfig(encoder="none", base_channels=4, grid_size=64)), PreprocessConfig())
+    with pytest.raises(CheckpointError, match="has no image encoder"):
+        build_encoder("litemedsam", checkpoint=str(plain))

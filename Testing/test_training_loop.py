@@ -306,3 +306,30 @@ def test_amp_takes_the_engine_precision_words():
         TrainConfig.from_dict({"optim": {"amp": "none"}})
     with pytest.raises(ValueError, match="auto, fp32, bf16, fp16"):
         TrainConfig.from_dict({"optim": {"amp": "half"}})
+
+
+def test_training_reads_slices_and_builds_the_hybrid_without_simpleitk(tmp_path):
+    """The lent GPU machine has no SimpleITK and no encoder packages (training/gpu_prepare.sh): there,
+    training must import, read the slices layout (Pillow) and build the LiteMedSAM hybrid from model
+    v1's encoder weights with the package's code alone. Here those packages are made unimportable."""
+    blocked = tmp_path / "blocked"
+    for name in ("SimpleITK", "nibabel", "monai", "highdicom", "pydicom", "segment_anything"):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name}: not on the GPU machine')\n")
+    v1 = REPO / "Resources" / "Models" / "scarnet_litemedsam_emidec.safetensors"
+    script = f"""
+import sys
+import training.train
+from training.data import read_dataset
+from ScarNetCore.model import ScarNet, ScarNetConfig
+samples = read_dataset({str(SLICES)!r}, "slices", cases={{"Case_N012"}})
+net = ScarNet(ScarNetConfig(encoder="litemedsam", encoder_checkpoint={str(v1)!r}))
+assert "SimpleITK" not in sys.modules or sys.modules["SimpleITK"] is None
+print(len(samples), samples[0].image.shape, sum(p.numel() for p in net.encoder.parameters()))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(blocked)])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    words = done.stdout.split()
+    slices, encoder_parameters = int(words[0]), int(words[-1])
+    assert slices == len(list((SLICES / "images").glob("Case_N012_slice*.png"))) and encoder_parameters > 1_000_000

@@ -20,11 +20,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import SimpleITK as sitk
 import torch
+
+if TYPE_CHECKING:  # volumes and whole cases only: the slices layout is read without it (the GPU machine)
+    import SimpleITK as sitk
 
 from ScarNetCore.pipeline.preprocessing import GridMapping, PreprocessConfig, normalize_intensity
 from ScarNetCore.pipeline.stack import Stack
@@ -137,10 +139,13 @@ def remap_labels(mask: np.ndarray, mapping: dict[int, int] | None) -> np.ndarray
 
 
 def read_png(path: Path) -> np.ndarray:
-    image = sitk.ReadImage(str(path))
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: {image.GetNumberOfComponentsPerPixel()} channels; expected a greyscale PNG")
-    return sitk.GetArrayFromImage(image)
+    """A greyscale PNG's pixels (Pillow: the GPU machine's image has it, not SimpleITK)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: {array.shape[-1]} channels; expected a greyscale PNG")
+    return array
 
 
 def read_slice_pair(root: Path, image_path: Path, label_map: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +159,7 @@ def read_slice_pair(root: Path, image_path: Path, label_map: dict | None = None)
 def read_volume_pair(case: str, image_path: Path, label_path: Path,
                      label_map: dict | None = None) -> tuple[sitk.Image, np.ndarray]:
     """A volume and its labels → (the image, uint8 labels 0..4 in numpy (z, y, x) order on its grid)."""
+    import SimpleITK as sitk
     if not label_path.is_file():  # images/ + masks/ layout: the mask must have the same name
         raise FileNotFoundError(f"{image_path}: no label file {label_path}")
     image, label = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(label_path))
@@ -179,6 +185,7 @@ class Case:
 def read_slice_cases(root: Path, case_ids: list[str], in_plane_mm: float, thickness_mm: float = DEFAULT_THICKNESS_MM,
                      label_map: dict | None = None) -> Iterator[Case]:
     """One case at a time: PNG slices of a case stacked along z with nominal spacing."""
+    import SimpleITK as sitk
     root = Path(root)
     groups = slice_files(root)
     for case in case_ids:

@@ -10,9 +10,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # training's logs are written here on machines without SimpleITK (the GPU machine)
+    import SimpleITK as sitk
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -70,6 +73,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> Path:
+    import SimpleITK as sitk
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
     return Path(path)

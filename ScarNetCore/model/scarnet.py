@@ -20,6 +20,7 @@ class ScarNetConfig:
     encoder: str = "litemedsam"                # or "none": the plain U-Net pathway (baseline, cascade stages)
     encoder_input_size: int | None = None      # None: the encoder's native size
     encoder_checkpoint: str | None = None      # required for medsam-vit-b; litemedsam uses its bundled weights
+                                               # (either: a .pth, or a ScarNet .safetensors with that encoder)
     base_channels: int = 16                    # U-Net widths: c, 2c, 4c, 8c, 16c at strides 1..16
     fusion_strides: tuple[int, ...] = (4, 8, 16)
     num_classes: int = NUM_CLASSES

@@ -10,9 +10,12 @@ image only to be written as one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # imported where an image is made or read: training imports this module on machines
+    import SimpleITK as sitk  # without SimpleITK (the GPU machine), for the slice layout alone
 
 
 def slice_index_axis(spacing_xyz, size_xyz=None) -> int:
@@ -73,6 +76,7 @@ class Stack:
     def from_image(cls, image: sitk.Image, voxels: np.ndarray | None = None) -> "Stack":
         """The image cut into slices; `voxels`: its voxels already read (numpy z, y, x order, e.g. checked
         label values), else they are read here as float32."""
+        import SimpleITK as sitk
         array = sitk.GetArrayFromImage(image).astype(np.float32) if voxels is None else voxels
         axis = cut_axis(image)
         if axis is None:
@@ -98,6 +102,7 @@ class Stack:
 
     def to_image(self, per_slice: np.ndarray) -> sitk.Image:
         """[N, h, w] (or [N, K, h, w]: one vector component per class) → an image on this grid."""
+        import SimpleITK as sitk
         vector = per_slice.ndim == 4
         array = self.join(np.moveaxis(per_slice, 1, -1) if vector else per_slice)
         out = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
