@@ -272,8 +272,7 @@ def read_volume_folder(root: str | Path, config: PreprocessConfig = PreprocessCo
             continue
         image, labels = read_volume_pair(case, image_path, label_path, label_map)
         stack = Stack.from_image(image)
-        msk_slices = labels[None] if stack.axis is None else np.moveaxis(labels, stack.axis, 0)
-        for index, (img, msk) in enumerate(zip(stack.slices, msk_slices)):
+        for index, (img, msk) in enumerate(zip(stack.slices, stack.layout(labels))):
             g_img, g_msk = _to_grid(img, np.ascontiguousarray(msk), stack.spacing, config)
             samples.append(SliceSample(case, index, g_img, g_msk))
     if not samples:

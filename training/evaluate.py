@@ -54,7 +54,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from ScarNetCore.errors import ScarNetError
 from ScarNetCore.io.files import atomic_path, write_csv, write_json_atomic
 from ScarNetCore.labels import MVO, SCAR, myocardium_mask, scar_mask
-from ScarNetCore.pipeline.stack import cut_axis, split_slices
+from ScarNetCore.pipeline.stack import Stack
 from training.data import DEFAULT_THICKNESS_MM, LAYOUTS, Case, case_ids, detect_layout, read_cases, select_cases
 from training.metrics import STRUCTURES, dice
 
@@ -229,7 +229,7 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     for index, case in enumerate(cases):
         t0 = time.time()
         result = segmenter.segment(case.image, batch_size=args.batch_size, return_probabilities=args.save_probabilities)
-        pred = sitk.GetArrayFromImage(result.labels)
+        pred = result.label_stack.stack.join(result.label_stack.labels)   # numpy (z, y, x), as case.labels
         row = {"case": case.id, "slices": int(case.labels.shape[0]),
                "spacing_mm": "×".join(f"{s:g}" for s in case.spacing),
                **case_metrics(pred, case.labels, case.spacing), "qc_flags": ";".join(result.qc_flags),
@@ -239,12 +239,10 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
         log(f"[{index + 1}/{len(ids)}] {case.id}: Dice myo {row['myocardium_dice']:.3f} scar {row['scar_dice']:.3f} "
             f"mvo {row['mvo_dice']:.3f}; scar % ref {row['ref_scar_percent']:.1f} pred {row['pred_scar_percent']:.1f}")
         if args.save_predictions:
-            image = sitk.GetImageFromArray(pred.astype(np.uint8))
-            image.CopyInformation(case.image)
             with atomic_path(out / "predictions" / f"{case.id}.nii.gz") as tmp:
-                sitk.WriteImage(image, str(tmp), useCompression=True)
+                sitk.WriteImage(result.labels, str(tmp), useCompression=True)
         if args.save_probabilities:
-            save_probabilities(result.probabilities, case.image, out / "probabilities" / f"{case.id}.npy")
+            save_probabilities(result.probabilities, result.label_stack.stack, out / "probabilities" / f"{case.id}.npy")
         if noise_kinds:
             clean[case.id] = _defined_dice(row)
             runs += _noise_runs(segmenter, case, index, noise_kinds, snrs, args)
@@ -278,11 +276,10 @@ def evaluate(args: argparse.Namespace, log=print) -> dict:
     return summary
 
 
-def save_probabilities(probabilities: sitk.Image, image: sitk.Image, path: Path) -> None:
-    """The class probabilities as float16 [N, K, h, w], slices cut as the Segmenter and the training
-    reader cut them (a refine stage's training input: data.prior_dir)."""
-    array = sitk.GetArrayFromImage(probabilities)          # [z, y, x, K]
-    slices, _ = split_slices(array, image, cut_axis(image))
+def save_probabilities(probabilities: sitk.Image, stack: Stack, path: Path) -> None:
+    """The class probabilities as float16 [N, K, h, w], in the layout of the stack the Segmenter cut
+    (as the training reader cuts it; a refine stage's training input: data.prior_dir)."""
+    slices = stack.layout(sitk.GetArrayFromImage(probabilities))   # [z, y, x, K] → [N, h, w, K]
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, np.ascontiguousarray(np.moveaxis(slices, -1, 1), dtype=np.float16), allow_pickle=False)

@@ -46,11 +46,6 @@ def split_slices(array_zyx: np.ndarray, image: sitk.Image, axis: int):
     return np.moveaxis(array_zyx, axis, 0), in_plane
 
 
-def join_slices(slices: np.ndarray, axis: int) -> np.ndarray:
-    """Inverse of split_slices."""
-    return np.moveaxis(slices, 0, axis)
-
-
 def neighbour_indices(index: np.ndarray, count: int, context: int, step: int = 1) -> np.ndarray:
     """[n, 2·context + 1] stack positions: each slice between its neighbours `step` slices away; a
     neighbour beyond the ends of the stack is the slice itself (as in training)."""
