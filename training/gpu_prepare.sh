@@ -47,5 +47,5 @@ bytes=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xar
 carried=$(du -sb .gpu_data .gpu_pkgs | awk '{ s += $1 } END { print s }')
 total_mib=$(( (bytes + carried) / 1048576 ))
 echo "travels: $(( bytes / 1048576 )) MiB of the tree + $(( carried / 1048576 )) MiB carried = ${total_mib} MiB (limit ${LIMIT_MIB})"
-[ "$total_mib" -le "$LIMIT_MIB" ] || { echo "too large for the device tool: remove what is not needed first"; exit 1; }
+[ "$total_mib" -le "$LIMIT_MIB" ] || { echo "too large for the device tool: remove what is not needed first (a committed long-run state in training/checkpoints/: git rm it after copying it to runs/; training/README.md, Model v3)"; exit 1; }
 echo 'ready: run(command="OUT=$OUT bash training/gpu_finetune.sh", carry=[".gpu_data", ".gpu_pkgs"], timeout_s=560)'

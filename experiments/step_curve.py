@@ -1,0 +1,135 @@
+"""Dice against training steps for stage 2's 2-D network: the learning curve's 57-case runs (issue 31).
+
+  score: python experiments/step_curve.py score RUN LAST.safetensors      (RUN: 57x4 or 57x8)
+         exports the network as the only stage-2 network of the bundled model's pipeline (its stage 1 and
+         settings, no refine stage), scores it in fp32 on the 8 validation and 15 test cases and adds its
+         per-case rows to Resources/ModelCard/v2/learning_curve_per_case.csv as run RUN.
+  plot:  python experiments/step_curve.py plot OUT.png
+         prints and plots mean Dice against steps for the 57-case runs (95 % intervals: 1.96 standard
+         errors over cases), and each run's paired difference from the one before it.
+
+The test cases are for the curve only; nothing is chosen on them (training/README.md).
+"""
+import argparse
+import csv
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_CASE = ROOT / "Resources/ModelCard/v2/learning_curve_per_case.csv"
+BUNDLED = ROOT / "Resources/Models/scarnet_v2_emidec.safetensors"
+FIELDS = ["run", "training_cases", "subset", "case", "myocardium_dice", "scar_dice", "ref_myocardium_ml",
+          "pred_myocardium_ml", "qc_flags"]
+# the 57-case runs, 25 steps an epoch: 100 and 200 epochs (HISTORY.md), 400 and 800 (training/README.md)
+STEPS = {"57": 2500, "57x2": 5000, "57x4": 10000, "57x8": 20000}
+
+
+def score(run: str, steps: int, network: Path, work: Path, data: str) -> None:
+    rows = [r for r in read_rows() if r["run"] != run]
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / f"curve_{run}.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "training/export.py"), str(network), str(model),
+                    "--name", f"stage-2 learning curve, run {run} ({steps} steps)", "--version", f"curve-{run}",
+                    "--licence", "CC BY-NC-SA 4.0 (weights derived from EMIDEC data; research, non-commercial)",
+                    "--locate", str(BUNDLED)], check=True)
+    for subset in ("validation", "test"):
+        out = work / f"curve_{run}_{subset}"
+        subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--data", data,
+                        "--split", str(ROOT / "training/configs/emidec_split.json"), "--subset", subset,
+                        "--out", str(out), "--precision", "fp32"], check=True, cwd=ROOT)
+        with open(out / "per_case.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                infarct = float(r["ref_scar_ml"]) > 0
+                if infarct != is_infarct_case(r["case"]):
+                    raise SystemExit(f"error: {r['case']} has {r['ref_scar_ml']} mL of reference scar; "
+                                     "the curve's infarct cases are the P cases")
+                rows.append({"run": run, "training_cases": 57, "subset": subset, **{k: r[k] for k in FIELDS[3:]}})
+    with open(PER_CASE, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{run}: {sum(r['run'] == run for r in rows)} cases added to {PER_CASE.relative_to(ROOT)}")
+
+
+def read_rows() -> list[dict]:
+    with open(PER_CASE, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def is_infarct_case(case: str) -> bool:
+    """EMIDEC names its infarct cases P and its normal ones N (the old rows hold no reference scar)."""
+    return case.startswith("Case_P")
+
+
+def values(rows: list[dict], run: str, structure: str) -> dict[str, float]:
+    """Per-case Dice of one run; scar over the infarct cases only (as in HISTORY.md's table)."""
+    return {r["case"]: float(r[f"{structure}_dice"]) for r in rows
+            if r["run"] == run and (structure == "myocardium" or is_infarct_case(r["case"]))}
+
+
+def mean_ci(xs) -> tuple[float, float]:
+    xs = list(xs)
+    return statistics.mean(xs), 1.96 * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def plot(path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_rows()
+    runs = {run: steps for run, steps in STEPS.items() if any(r["run"] == run for r in rows)}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, structure in zip(axes, ("myocardium", "scar")):
+        for subset, colour in (("validation", "tab:blue"), ("test", "tab:grey"), (None, "black")):
+            picked = [r for r in rows if subset is None or r["subset"] == subset]
+            points = [(steps, *mean_ci(values(picked, run, structure).values())) for run, steps in runs.items()]
+            label = {None: "all 23 cases", "validation": "8 validation", "test": "15 test"}[subset]
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        color=colour, capsize=3, lw=2 if subset is None else 1, label=label,
+                        alpha=1 if subset is None else 0.6)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(runs.values()), [f"{s:,}" for s in runs.values()])
+        ax.set_xlabel("optimiser steps (one full cosine schedule each)")
+        ax.set_ylabel(f"{structure} Dice" + (" (infarct cases)" if structure == "scar" else ""))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Stage 2's 2-D network alone, 57 training cases: Dice against training steps", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print("run  steps  myocardium (23)  scar (17 infarct)  paired change from the run before (± 1.96 SE)")
+    previous = None
+    for run, steps in runs.items():
+        myo, scar = values(rows, run, "myocardium"), values(rows, run, "scar")
+        line = f"{run:5} {steps:6,}  {mean_ci(myo.values())[0]:.3f}  {mean_ci(scar.values())[0]:.3f}"
+        if previous:
+            for name, now, before in (("myocardium", myo, previous[0]), ("scar", scar, previous[1])):
+                change = mean_ci(now[c] - before[c] for c in now)
+                line += f"  {name} {change[0]:+.3f} ± {change[1]:.3f}"
+        print(line)
+        previous = (myo, scar)
+    print(f"figure: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score")
+    s.add_argument("run", choices=[run for run in STEPS if run not in ("57", "57x2")])
+    s.add_argument("network", type=Path)
+    s.add_argument("--work", type=Path, default=ROOT / "runs")
+    s.add_argument("--data", default=str(ROOT.parent / "shared/data/emidec/slices"))
+    p = sub.add_parser("plot")
+    p.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.command == "score":
+        score(args.run, STEPS[args.run], args.network, args.work, args.data)
+    else:
+        plot(args.out)
+
+
+if __name__ == "__main__":
+    main()
