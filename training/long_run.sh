@@ -13,8 +13,8 @@
 # Killing it (or the MINUTES limit) loses at most the epoch in progress. Never run it beside another
 # training or the test suite (2 cores).
 set -euo pipefail
-NAME=${1:?give the run's name (its state is kept in training/checkpoints/NAME)}
-CONFIG=${2:?give the run's training config}
+NAME=${1:?"give the name of the run (its state is kept in training/checkpoints/NAME)"}
+CONFIG=${2:?"give the training config of the run"}
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-90}
 PY=${PY:-python}
