@@ -5,18 +5,20 @@
          settings, no refine stage), scores it in fp32 on the 8 validation and 15 test cases and adds its
          per-case rows to Resources/ModelCard/v2/learning_curve_per_case.csv as run RUN.
   plot:  python experiments/step_curve.py plot OUT.png
-         prints and plots mean Dice against steps for the 57-case runs (95 % intervals: 1.96 standard
-         errors over cases), and each run's paired difference from the one before it.
+         plots mean Dice against steps for the 57-case runs (on all 23 cases: ± 1.96 standard errors over
+         cases, as HISTORY.md's learning-curve table; validation and test alone as lines, too few cases
+         for an interval) and prints each run's paired change from the run before it.
 
 The test cases are for the curve only; nothing is chosen on them (training/README.md).
 """
 import argparse
-import csv
 import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from ScarNetCore.io.files import read_csv, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_CASE = ROOT / "Resources/ModelCard/v2/learning_curve_per_case.csv"
@@ -40,23 +42,18 @@ def score(run: str, steps: int, network: Path, work: Path, data: str) -> None:
         subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--data", data,
                         "--split", str(ROOT / "training/configs/emidec_split.json"), "--subset", subset,
                         "--out", str(out), "--precision", "fp32"], check=True, cwd=ROOT)
-        with open(out / "per_case.csv", newline="") as f:
-            for r in csv.DictReader(f):
-                infarct = float(r["ref_scar_ml"]) > 0
-                if infarct != is_infarct_case(r["case"]):
-                    raise SystemExit(f"error: {r['case']} has {r['ref_scar_ml']} mL of reference scar; "
-                                     "the curve's infarct cases are the P cases")
-                rows.append({"run": run, "training_cases": 57, "subset": subset, **{k: r[k] for k in FIELDS[3:]}})
-    with open(PER_CASE, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+        for r in read_csv(out / "per_case.csv"):
+            infarct = float(r["ref_scar_ml"]) > 0
+            if infarct != is_infarct_case(r["case"]):
+                raise SystemExit(f"error: {r['case']} has {r['ref_scar_ml']} mL of reference scar; "
+                                 "the curve's infarct cases are the P cases")
+            rows.append({"run": run, "training_cases": 57, "subset": subset, **{k: r[k] for k in FIELDS[3:]}})
+    write_csv(rows, PER_CASE, columns=FIELDS)
     print(f"{run}: {sum(r['run'] == run for r in rows)} cases added to {PER_CASE.relative_to(ROOT)}")
 
 
 def read_rows() -> list[dict]:
-    with open(PER_CASE, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(PER_CASE)
 
 
 def is_infarct_case(case: str) -> bool:
@@ -87,10 +84,10 @@ def plot(path: Path) -> None:
         for subset, colour in (("validation", "tab:blue"), ("test", "tab:grey"), (None, "black")):
             picked = [r for r in rows if subset is None or r["subset"] == subset]
             points = [(steps, *mean_ci(values(picked, run, structure).values())) for run, steps in runs.items()]
-            label = {None: "all 23 cases", "validation": "8 validation", "test": "15 test"}[subset]
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                        color=colour, capsize=3, lw=2 if subset is None else 1, label=label,
-                        alpha=1 if subset is None else 0.6)
+            label = {None: "all 23 cases (± 1.96 SE)", "validation": "8 validation", "test": "15 test"}[subset]
+            ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                        yerr=[p[2] for p in points] if subset is None else None, marker="o", color=colour,
+                        capsize=3, lw=2 if subset is None else 1, label=label, alpha=1 if subset is None else 0.6)
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(runs.values()), [f"{s:,}" for s in runs.values()])
         ax.set_xlabel("optimiser steps (one full cosine schedule each)")
@@ -126,7 +123,7 @@ def main() -> None:
     p.add_argument("out", type=Path)
     args = parser.parse_args()
     if args.command == "score":
-        score(args.run, STEPS[args.run], args.network, args.work, args.data)
+        score(args.run, STEPS[args.run], args.network.resolve(), args.work.resolve(), str(Path(args.data).resolve()))
     else:
         plot(args.out)
 

@@ -55,7 +55,9 @@ timeout --signal=TERM "${MINUTES}m" $PY training/train.py --config "$CONFIG" --s
 [ -f "$RUN/train_state.pt" ] || { echo "no epoch finished in ${MINUTES} min: nothing to keep"; exit 1; }
 # the state is written atomically after every epoch, so it is always a whole epoch's
 cp "$RUN/train_state.pt" "$RUN/log.csv" "$KEEP/"
-[ -f "$RUN/best.safetensors" ] && cp "$RUN/best.safetensors" "$KEEP/"   # the last epoch is in the state
+[ -f "$RUN/best.safetensors" ] && cp "$RUN/best.safetensors" "$KEEP/"
+# a finished run is not resumed again (nothing would write its last epoch): keep its network too
+[ "$status" = 0 ] && cp "$RUN/last.safetensors" "$KEEP/"
 $PY - "$KEEP/log.csv" <<'EOF'
 import sys
 from ScarNetCore.io.files import read_csv
