@@ -12,6 +12,7 @@
 The test cases are for the curve only; nothing is chosen on them (training/README.md).
 """
 import argparse
+import json
 import math
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ScarNetCore.io.files import read_csv, write_csv
+from ScarNetCore.model.checkpoint import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_CASE = ROOT / "Resources/ModelCard/v2/learning_curve_per_case.csv"
@@ -27,6 +29,10 @@ FIELDS = ["run", "training_cases", "subset", "case", "myocardium_dice", "scar_di
           "pred_myocardium_ml", "qc_flags"]
 # the 57-case runs, 25 steps an epoch: 100 and 200 epochs (HISTORY.md), 400 and 800 (training/README.md)
 STEPS = {"57": 2500, "57x2": 5000, "57x4": 10000, "57x8": 20000}
+LICENCE = "CC BY-NC-SA 4.0 (weights derived from EMIDEC data; research, non-commercial)"
+REFINE = ROOT / "training/checkpoints/refine_validation.safetensors"
+# the rule of "stage 2's 2-D networks trained on" (HISTORY.md), fixed before the 20,000-step run
+RULE_MYOCARDIUM, RULE_SCAR, RULE_VOLUME = 0.839, 0.673, 0.03
 
 
 def score(run: str, steps: int, network: Path, work: Path, data: str) -> None:
@@ -35,13 +41,10 @@ def score(run: str, steps: int, network: Path, work: Path, data: str) -> None:
     model = work / f"curve_{run}.safetensors"
     subprocess.run([sys.executable, str(ROOT / "training/export.py"), str(network), str(model),
                     "--name", f"stage-2 learning curve, run {run} ({steps} steps)", "--version", f"curve-{run}",
-                    "--licence", "CC BY-NC-SA 4.0 (weights derived from EMIDEC data; research, non-commercial)",
-                    "--locate", str(BUNDLED)], check=True)
+                    "--licence", LICENCE, "--locate", str(BUNDLED)], check=True)
     for subset in ("validation", "test"):
         out = work / f"curve_{run}_{subset}"
-        subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--data", data,
-                        "--split", str(ROOT / "training/configs/emidec_split.json"), "--subset", subset,
-                        "--out", str(out), "--precision", "fp32"], check=True, cwd=ROOT)
+        evaluate(model, subset, out, data)
         for r in read_csv(out / "per_case.csv"):
             infarct = float(r["ref_scar_ml"]) > 0
             if infarct != is_infarct_case(r["case"]):
@@ -50,6 +53,57 @@ def score(run: str, steps: int, network: Path, work: Path, data: str) -> None:
             rows.append({"run": run, "training_cases": 57, "subset": subset, **{k: r[k] for k in FIELDS[3:]}})
     write_csv(rows, PER_CASE, columns=FIELDS)
     print(f"{run}: {sum(r['run'] == run for r in rows)} cases added to {PER_CASE.relative_to(ROOT)}")
+
+
+def evaluate(model: Path, subset: str, out: Path, data: str) -> None:
+    subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(model), "--data", data,
+                    "--split", str(ROOT / "training/configs/emidec_split.json"), "--subset", subset,
+                    "--out", str(out), "--precision", "fp32"], check=True, cwd=ROOT)
+
+
+def candidate(network: Path, work: Path, data: str) -> bool:
+    """Score the validation pipeline with its 2-D network replaced by NETWORK, beside the unchanged one."""
+    work.mkdir(parents=True, exist_ok=True)
+    pair = [work / "pair_2d.safetensors", work / "pair_2_5d.safetensors"]
+    for member, path in enumerate(pair):
+        subprocess.run([sys.executable, str(ROOT / "training/validation_pipeline.py"), str(path),
+                        "--member", str(member)], check=True)
+    for path in (pair[0], network):   # the network replaced must be the pair's 2-D one, and by a 2-D one
+        if read_metadata(path)["config"]["in_channels"] != 1:
+            raise SystemExit(f"error: {path} is not a 2-D stage-2 network (one input slice)")
+    passed = {}
+    for name, first in (("unchanged", pair[0]), ("candidate", network)):
+        model = work / f"v3_{name}.safetensors"
+        subprocess.run([sys.executable, str(ROOT / "training/export.py"), str(first), str(pair[1]), str(model),
+                        "--name", f"validation pipeline, 2-D network: {first.name} ({name})",
+                        "--version", f"v3-{name}", "--licence", LICENCE, "--locate", str(BUNDLED),
+                        "--refine", str(REFINE)], check=True)
+        out = work / f"v3_{name}_validation"
+        evaluate(model, "validation", out, data)
+        passed[name] = judge(name, out)
+    return passed["candidate"]
+
+
+def judge(name: str, out: Path) -> bool:
+    """Print the rule's clauses for one evaluation folder; True when all hold."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    rows = read_csv(out / "per_case.csv")
+    myocardium = summary["structures"]["myocardium"]["dice_mean"]
+    scar = summary["structures"]["scar"]["dice_mean"]
+    predicted = sum(float(r["pred_myocardium_ml"]) for r in rows)
+    reference = sum(float(r["ref_myocardium_ml"]) for r in rows)
+    normal_scar = {r["case"]: float(r["pred_scar_ml"]) for r in rows if not is_infarct_case(r["case"])}
+    agreement = summary["scar_percent_agreement"]
+    clauses = [(f"myocardium Dice {myocardium:.3f} >= {RULE_MYOCARDIUM}", myocardium >= RULE_MYOCARDIUM),
+               (f"scar Dice {scar:.3f} >= {RULE_SCAR}", scar >= RULE_SCAR),
+               (f"myocardium {predicted:.0f} mL against {reference:.0f} mL ({predicted / reference - 1:+.1%}), "
+                f"within {RULE_VOLUME:.0%}", abs(predicted / reference - 1) <= RULE_VOLUME),
+               (f"scar in the normal cases {normal_scar} mL: none", not any(normal_scar.values()))]
+    print(f"{name}: MVO Dice {summary['structures']['mvo']['dice_mean']:.3f}, scar % bias "
+          f"{agreement['bias']:+.1f}, limits of agreement {agreement['loa_low']:+.1f} to {agreement['loa_high']:+.1f}")
+    for text, holds in clauses:
+        print(f"  {'pass' if holds else 'FAIL'}  {text}")
+    return all(holds for _, holds in clauses)
 
 
 def read_rows() -> list[dict]:
@@ -121,9 +175,16 @@ def main() -> None:
     s.add_argument("--data", default=str(ROOT.parent / "shared/data/emidec/slices"))
     p = sub.add_parser("plot")
     p.add_argument("out", type=Path)
+    c = sub.add_parser("candidate")
+    c.add_argument("network", type=Path)
+    c.add_argument("--work", type=Path, default=ROOT / "runs/v3_candidate")
+    c.add_argument("--data", default=str(ROOT.parent / "shared/data/emidec/slices"))
     args = parser.parse_args()
     if args.command == "score":
         score(args.run, STEPS[args.run], args.network.resolve(), args.work.resolve(), str(Path(args.data).resolve()))
+    elif args.command == "candidate":
+        passed = candidate(args.network.resolve(), args.work.resolve(), str(Path(args.data).resolve()))
+        print(f"the candidate {'passes' if passed else 'fails'} the rule (training/README.md)")
     else:
         plot(args.out)
 
