@@ -99,7 +99,9 @@ def judge(name: str, out: Path) -> bool:
                (f"myocardium {predicted:.0f} mL against {reference:.0f} mL ({predicted / reference - 1:+.1%}), "
                 f"within {RULE_VOLUME:.0%}", abs(predicted / reference - 1) <= RULE_VOLUME),
                (f"scar in the normal cases {normal_scar} mL: none", not any(normal_scar.values()))]
-    print(f"{name}: MVO Dice {summary['structures']['mvo']['dice_mean']:.3f}, scar % bias "
+    ci = {k: "–".join(f"{x:.3f}" for x in summary["structures"][k]["dice_ci95"]) for k in ("myocardium", "scar")}
+    print(f"{name}: 95 % CIs myocardium {ci['myocardium']}, scar {ci['scar']}; "
+          f"MVO Dice {summary['structures']['mvo']['dice_mean']:.3f}, scar % bias "
           f"{agreement['bias']:+.1f}, limits of agreement {agreement['loa_low']:+.1f} to {agreement['loa_high']:+.1f}")
     for text, holds in clauses:
         print(f"  {'pass' if holds else 'FAIL'}  {text}")
